@@ -1,0 +1,80 @@
+//! Readiness: can this instance reach the three backends right now?
+//!
+//! Each check is bounded by a timeout so `/readyz` answers quickly even when a
+//! backend hangs. RabbitMQ is checked on a connection kept for this purpose
+//! and re-opened when it dropped (opening one per probe would cost a full
+//! AMQP handshake each time).
+
+use std::time::Duration;
+
+use lapin::{Connection, ConnectionProperties};
+use serde::Serialize;
+use tokio::sync::Mutex;
+
+use crate::db::Db;
+use crate::stock::StockStore;
+
+/// Result of one probe, per component: `"ok"` or `"down"`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Readiness {
+    pub redis: &'static str,
+    pub rabbitmq: &'static str,
+    pub mysql: &'static str,
+}
+
+impl Readiness {
+    pub fn ok(&self) -> bool {
+        self.redis == "ok" && self.rabbitmq == "ok" && self.mysql == "ok"
+    }
+}
+
+/// Keeps an AMQP connection for health probes.
+pub struct AmqpProbe {
+    url: String,
+    conn: Mutex<Option<Connection>>,
+    timeout: Duration,
+}
+
+impl AmqpProbe {
+    pub fn new(url: String, timeout: Duration) -> Self {
+        Self { url, conn: Mutex::new(None), timeout }
+    }
+
+    /// True when a connection to the broker is open (opening one if needed).
+    pub async fn check(&self) -> bool {
+        let mut guard = self.conn.lock().await;
+        if guard.as_ref().is_some_and(|c| c.status().connected()) {
+            return true;
+        }
+        let connect = Connection::connect(&self.url, ConnectionProperties::default());
+        match tokio::time::timeout(self.timeout, connect).await {
+            Ok(Ok(c)) => {
+                *guard = Some(c);
+                true
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "rabbitmq is not reachable");
+                *guard = None;
+                false
+            }
+            Err(_) => {
+                tracing::warn!("rabbitmq did not answer in time");
+                *guard = None;
+                false
+            }
+        }
+    }
+}
+
+/// Probes every backend concurrently.
+pub async fn readiness(stock: &StockStore, amqp: &AmqpProbe, db: &Db) -> Readiness {
+    let (r, a, m) = tokio::join!(stock.ping(), amqp.check(), db.ping());
+    if let Err(e) = &r {
+        tracing::warn!(error = %e, "redis cluster is not ready");
+    }
+    if let Err(e) = &m {
+        tracing::warn!(error = %e, "mysql is not ready");
+    }
+    let word = |ok: bool| if ok { "ok" } else { "down" };
+    Readiness { redis: word(r.is_ok()), rabbitmq: word(a), mysql: word(m.is_ok()) }
+}

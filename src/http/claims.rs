@@ -1,0 +1,88 @@
+//! The app's endpoints: claim, and the user's coupons.
+
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::extract::{IdempotencyKey, User};
+use super::{ApiError, AppState, rfc3339};
+use crate::domain::{CampaignId, CouponId};
+use crate::service::ClaimResult;
+use crate::service::claims::{CouponStatus, CouponView};
+
+pub fn coupon_json(c: &CouponView) -> Value {
+    json!({
+        "id": c.id, "campaign_id": c.campaign_id, "user_id": c.user_id, "status": c.status,
+        "claimed_at": rfc3339(c.claimed_at), "valid_from": rfc3339(c.valid_from),
+        "valid_until": rfc3339(c.valid_until), "discount": c.discount,
+        "min_spend_cents": c.min_spend_cents, "applies_to": c.applies_to,
+    })
+}
+
+pub async fn claim(
+    State(s): State<AppState>,
+    User(user): User,
+    IdempotencyKey(key): IdempotencyKey,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = CampaignId::parse(&id).ok_or(ApiError::CampaignNotFound)?;
+    let result = s.claims.claim(&id, &user, key.as_deref(), Utc::now()).await?;
+    match result {
+        ClaimResult::Granted(c) => Ok((StatusCode::CREATED, Json(coupon_json(&c))).into_response()),
+        ClaimResult::Replayed(c) => Ok((StatusCode::OK, Json(coupon_json(&c))).into_response()),
+        ClaimResult::AlreadyClaimed { coupon_id } => Err(ApiError::AlreadyClaimed { coupon_id }),
+        ClaimResult::LimitReached { coupon_ids } => Err(ApiError::LimitReached { coupon_ids }),
+        ClaimResult::NotStarted { starts_at } => Err(ApiError::NotStarted { starts_at }),
+        ClaimResult::Ended => Err(ApiError::Ended),
+        ClaimResult::SoldOut => Err(ApiError::SoldOut),
+        ClaimResult::Busy => Err(ApiError::Unavailable { retry_after_secs: 1 }),
+        ClaimResult::CampaignNotFound => Err(ApiError::CampaignNotFound),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CouponsQuery {
+    campaign_id: Option<String>,
+    status: Option<String>,
+}
+
+pub async fn my_coupons(
+    State(s): State<AppState>,
+    User(user): User,
+    query: Result<Query<CouponsQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::invalid("query", e.body_text()))?;
+    let status = match q.status.as_deref() {
+        None => None,
+        Some("claimed") => Some(CouponStatus::Claimed),
+        Some("redeemed") => Some(CouponStatus::Redeemed),
+        Some("expired") => Some(CouponStatus::Expired),
+        Some(_) => return Err(ApiError::invalid("status", "must be claimed, redeemed or expired")),
+    };
+    let campaign = match q.campaign_id.as_deref() {
+        None => None,
+        Some(raw) => match CampaignId::parse(raw) {
+            Some(id) => Some(id),
+            // An id that cannot exist has no coupons.
+            None => return Ok(Json(json!({ "coupons": [] }))),
+        },
+    };
+    let coupons = s.claims.my_coupons(&user, campaign.as_ref(), status, Utc::now()).await?;
+    Ok(Json(json!({ "coupons": coupons.iter().map(coupon_json).collect::<Vec<_>>() })))
+}
+
+pub async fn my_coupon(
+    State(s): State<AppState>,
+    User(user): User,
+    Path(coupon_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = CouponId::parse(&coupon_id).ok_or(ApiError::CouponNotFound)?;
+    let c = s.claims.my_coupon(&user, &id, Utc::now()).await?.ok_or(ApiError::CouponNotFound)?;
+    Ok(Json(coupon_json(&c)))
+}

@@ -1,0 +1,176 @@
+//! Creating, reading and closing campaigns, and their stats.
+//!
+//! A campaign is written to Redis (its shards) before MySQL (its row): a
+//! crash in between leaves only unreachable Redis keys, never a campaign row
+//! without stock. Reads go through a small per-instance cache with a short
+//! TTL; correctness does not depend on it (the claim script checks the
+//! window and the `closed` flag in Redis itself), it only spares MySQL a
+//! query per claim.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+
+use super::Result;
+use crate::db::Db;
+use crate::domain::{Campaign, CampaignId, CampaignStatus, NewCampaign};
+use crate::stock::placement::{default_shards, place_shards};
+use crate::stock::{ShardStats, StockStore};
+
+/// At most this many campaigns are cached per instance.
+const CACHE_CAPACITY: usize = 10_000;
+/// `GET /v1/campaigns` returns at most this many, newest first.
+pub const LIST_LIMIT: u32 = 500;
+
+/// A campaign and its status at the time it was read.
+#[derive(Debug, Clone)]
+pub struct CampaignView {
+    pub campaign: Arc<Campaign>,
+    pub status: CampaignStatus,
+}
+
+/// `GET /v1/campaigns/{id}/stats`.
+#[derive(Debug, Clone)]
+pub struct CampaignStats {
+    pub view: CampaignView,
+    pub remaining: u64,
+    pub claimed: u64,
+    pub persisted: u64,
+    pub shards: Vec<ShardStats>,
+}
+
+#[derive(Clone)]
+pub struct CampaignService {
+    db: Db,
+    stock: StockStore,
+    cache: Arc<CampaignCache>,
+}
+
+struct CampaignCache {
+    ttl: Duration,
+    entries: RwLock<HashMap<CampaignId, (Instant, Arc<Campaign>)>>,
+}
+
+impl CampaignCache {
+    fn get(&self, id: &CampaignId) -> Option<Arc<Campaign>> {
+        let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
+        entries.get(id).filter(|(at, _)| at.elapsed() < self.ttl).map(|(_, c)| c.clone())
+    }
+
+    fn put(&self, c: Arc<Campaign>) {
+        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        if entries.len() >= CACHE_CAPACITY {
+            entries.retain(|_, (at, _)| at.elapsed() < self.ttl);
+            if entries.len() >= CACHE_CAPACITY {
+                entries.clear();
+            }
+        }
+        entries.insert(c.id.clone(), (Instant::now(), c));
+    }
+
+    fn forget(&self, id: &CampaignId) {
+        self.entries.write().unwrap_or_else(|e| e.into_inner()).remove(id);
+    }
+}
+
+/// Stable seed from the campaign id, to rotate shard placement.
+fn seed_of(id: &CampaignId) -> u64 {
+    id.as_str().bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+}
+
+impl CampaignService {
+    pub fn new(db: Db, stock: StockStore, cache_ttl: Duration) -> Self {
+        Self { db, stock, cache: Arc::new(CampaignCache { ttl: cache_ttl, entries: RwLock::new(HashMap::new()) }) }
+    }
+
+    pub async fn create(&self, new: NewCampaign, now: DateTime<Utc>) -> Result<CampaignView> {
+        let id = CampaignId::generate();
+        let map = self.stock.slot_map().await?;
+        let shards = new.shards.unwrap_or_else(|| default_shards(new.total_stock, map.masters().len()));
+        let shard_buckets = place_shards(self.stock.keys(), &map, shards, seed_of(&id)).map_err(crate::stock::StockError::from)?;
+        let campaign = Campaign {
+            id,
+            name: new.name,
+            total_stock: new.total_stock,
+            per_user_limit: new.per_user_limit,
+            starts_at: new.starts_at,
+            ends_at: new.ends_at,
+            closed_at: None,
+            coupon: new.coupon,
+            shard_buckets,
+            created_at: now,
+        };
+        self.stock.init_campaign(&campaign).await?;
+        self.db.insert_campaign(&campaign).await?;
+        let campaign = Arc::new(campaign);
+        self.cache.put(campaign.clone());
+        tracing::info!(campaign = %campaign.id, shards, stock = campaign.total_stock, "campaign created");
+        let status = campaign.status_at(now, false);
+        Ok(CampaignView { campaign, status })
+    }
+
+    /// The campaign's terms, from the cache when fresh.
+    pub async fn find(&self, id: &CampaignId) -> Result<Option<Arc<Campaign>>> {
+        if let Some(c) = self.cache.get(id) {
+            return Ok(Some(c));
+        }
+        let Some(c) = self.db.get_campaign(id).await? else { return Ok(None) };
+        let c = Arc::new(c);
+        self.cache.put(c.clone());
+        Ok(Some(c))
+    }
+
+    async fn view(&self, campaign: Arc<Campaign>, now: DateTime<Utc>) -> Result<CampaignView> {
+        let live = campaign.status_at(now, false) == CampaignStatus::Live;
+        let sold_out = live && self.stock.shard_stats(&campaign).await?.iter().all(|s| s.remaining == 0);
+        let status = campaign.status_at(now, sold_out);
+        Ok(CampaignView { campaign, status })
+    }
+
+    pub async fn get(&self, id: &CampaignId, now: DateTime<Utc>) -> Result<Option<CampaignView>> {
+        match self.db.get_campaign(id).await? {
+            None => Ok(None),
+            Some(c) => Ok(Some(self.view(Arc::new(c), now).await?)),
+        }
+    }
+
+    pub async fn list(&self, now: DateTime<Utc>) -> Result<Vec<CampaignView>> {
+        let rows = self.db.list_campaigns(LIST_LIMIT).await?;
+        let views = rows.into_iter().map(|c| self.view(Arc::new(c), now));
+        futures_util::future::try_join_all(views).await
+    }
+
+    /// Terms of the newest campaigns, without touching Redis.
+    pub async fn list_terms(&self) -> Result<Vec<Arc<Campaign>>> {
+        Ok(self.db.list_campaigns(LIST_LIMIT).await?.into_iter().map(Arc::new).collect())
+    }
+
+    /// Ends the campaign now; closing a closed campaign changes nothing.
+    pub async fn close(&self, id: &CampaignId, now: DateTime<Utc>) -> Result<Option<CampaignView>> {
+        let Some(c) = self.db.get_campaign(id).await? else { return Ok(None) };
+        self.db.close_campaign(id, now).await?;
+        self.stock.close_campaign(&c).await?;
+        self.cache.forget(id);
+        tracing::info!(campaign = %id, "campaign closed");
+        self.get(id, now).await
+    }
+
+    pub async fn stats(&self, id: &CampaignId, now: DateTime<Utc>) -> Result<Option<CampaignStats>> {
+        let Some(c) = self.db.get_campaign(id).await? else { return Ok(None) };
+        let c = Arc::new(c);
+        let (shards, persisted) = tokio::join!(self.stock.shard_stats(&c), self.db.count_persisted(id));
+        let shards = shards?;
+        let remaining = shards.iter().map(|s| s.remaining).sum();
+        let claimed = shards.iter().map(|s| s.claimed).sum();
+        let status = c.status_at(now, remaining == 0);
+        Ok(Some(CampaignStats {
+            view: CampaignView { campaign: c, status },
+            remaining,
+            claimed,
+            persisted: persisted?,
+            shards,
+        }))
+    }
+}

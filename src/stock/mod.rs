@@ -1,0 +1,367 @@
+//! The stock store: a campaign's stock split into shards on a Redis Cluster.
+//!
+//! Data: one hash per shard (remaining, claimed, the campaign window and
+//! limit), the holders, the coupon records, the idempotency keys and the
+//! transfer journals of that shard, all under one hash tag so that the claim
+//! script touches a single slot (no CROSSSLOT, ever). Key names: [`keys`].
+//!
+//! Invariants kept here: a grant happens only inside `lua/claim.lua`, which
+//! decrements, records the holder and appends to the outbox in one atomic
+//! step; stock only moves between shards through the journaled transfer of
+//! [`rebalance`], so `remaining + in_flight + claimed == total_stock` always.
+//!
+//! Failure modes: every call has a timeout; a Redis error or timeout is a
+//! [`StockError`] and the caller answers 503 (never 201 for a claim whose
+//! script did not return success). A node restarted or a replica promoted has
+//! no scripts: `Script::invoke_async` sees NOSCRIPT, loads and retries.
+
+pub mod keys;
+pub mod placement;
+pub mod rebalance;
+
+use std::time::Duration;
+
+use futures_util::future::try_join_all;
+use redis::Value;
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+
+use crate::domain::campaign::home_shard;
+use crate::domain::{Campaign, CouponId, CouponRecord, UserId};
+pub use keys::{KeyLayout, ShardKeys};
+pub use placement::{PlacementError, SlotMap};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StockError {
+    #[error("redis error: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("redis did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("unexpected reply from redis: {0}")]
+    Protocol(String),
+    #[error(transparent)]
+    Placement(#[from] PlacementError),
+}
+
+pub type Result<T> = std::result::Result<T, StockError>;
+
+/// What the claim script answered on one shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShardClaim {
+    Granted(CouponRecord),
+    /// The idempotency key was used before: the coupon granted then.
+    Replayed(CouponRecord),
+    /// The user already holds `per_user_limit` coupons: their ids.
+    Holding(Vec<String>),
+    NotStarted { starts_ms: i64 },
+    Ended,
+    /// The home shard is empty; other shards may still have stock.
+    Dry,
+    /// No such shard: the campaign was never initialised in this store.
+    Missing,
+}
+
+/// The outcome of a claim after borrowing from other shards if needed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimOutcome {
+    Granted(CouponRecord),
+    Replayed(CouponRecord),
+    Holding(Vec<String>),
+    NotStarted { starts_ms: i64 },
+    Ended,
+    /// Every shard is empty and no transfer is in flight.
+    SoldOut,
+    /// Stock exists but other claimers kept taking what was moved to the
+    /// user's home shard; the caller answers 503 with Retry-After.
+    Contended,
+    Missing,
+}
+
+/// Figures of one shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ShardStats {
+    pub shard: u32,
+    /// Units on the shard plus units journaled out of it and not yet landed
+    /// (they will land on another shard): at rest, in-flight is 0.
+    pub remaining: u64,
+    pub claimed: u64,
+    pub in_flight: u64,
+}
+
+/// Handle on the cluster. Cheap to clone (one multiplexed connection per
+/// node, shared): cloning is how concurrent requests pipeline.
+#[derive(Clone)]
+pub struct StockStore {
+    /// Multiplexed cluster connection; it follows MOVED/ASK and refreshes the
+    /// slot map on failover.
+    conn: ClusterConnection,
+    keys: KeyLayout,
+    scripts: Scripts,
+    /// Upper bound for any single Redis call.
+    timeout: Duration,
+}
+
+#[derive(Clone)]
+struct Scripts {
+    claim: redis::Script,
+    take: redis::Script,
+    give: redis::Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        Self {
+            claim: redis::Script::new(include_str!("../../lua/claim.lua")),
+            take: redis::Script::new(include_str!("../../lua/take.lua")),
+            give: redis::Script::new(include_str!("../../lua/give.lua")),
+        }
+    }
+}
+
+impl StockStore {
+    pub async fn connect(nodes: &[String], prefix: &str, timeout: Duration) -> Result<Self> {
+        let client = ClusterClientBuilder::new(nodes.to_vec())
+            .connection_timeout(timeout)
+            .response_timeout(timeout)
+            .retries(3)
+            .build()?;
+        let conn = tokio::time::timeout(timeout * 2, client.get_async_connection())
+            .await
+            .map_err(|_| StockError::Timeout(timeout * 2))??;
+        Ok(Self { conn, keys: KeyLayout::new(prefix), scripts: Scripts::new(), timeout })
+    }
+
+    pub fn keys(&self) -> &KeyLayout {
+        &self.keys
+    }
+
+    /// A clone of the cluster connection, for callers outside this module
+    /// that need raw commands (tests, the relay).
+    pub fn connection(&self) -> ClusterConnection {
+        self.conn.clone()
+    }
+
+    async fn bounded<T>(&self, fut: impl Future<Output = redis::RedisResult<T>>) -> Result<T> {
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(StockError::Timeout(self.timeout)),
+        }
+    }
+
+    /// `cluster_state:ok` as seen by the node that answers.
+    pub async fn ping(&self) -> Result<()> {
+        let mut c = self.conn.clone();
+        let info: String = self.bounded(redis::cmd("CLUSTER").arg("INFO").query_async(&mut c)).await?;
+        if info.lines().any(|l| l.trim() == "cluster_state:ok") {
+            Ok(())
+        } else {
+            Err(StockError::Protocol("cluster_state is not ok".into()))
+        }
+    }
+
+    /// The live slot map.
+    pub async fn slot_map(&self) -> Result<SlotMap> {
+        let mut c = self.conn.clone();
+        let v: Value = self.bounded(redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut c)).await?;
+        Ok(SlotMap::parse(&v)?)
+    }
+
+    fn shard_keys(&self, c: &Campaign, shard: u32) -> ShardKeys {
+        self.keys.shard(c.shard_buckets[shard as usize], c.id.as_str(), shard)
+    }
+
+    /// Writes every shard of a new campaign: its stock and the window the
+    /// claim script checks. Shards are written before the campaign row
+    /// exists in MySQL, so a crash here leaves only unreachable keys.
+    pub async fn init_campaign(&self, c: &Campaign) -> Result<()> {
+        let vfrom = c.coupon.valid_from.map_or(0, |t| t.timestamp_millis());
+        let vuntil = c.coupon.valid_until.map_or(0, |t| t.timestamp_millis());
+        let vdays = c.coupon.valid_for_days.unwrap_or(0);
+        let writes = (0..c.shards()).map(|s| {
+            let k = self.shard_keys(c, s);
+            let mut conn = self.conn.clone();
+            let fields: [(&str, i64); 9] = [
+                ("remaining", c.initial_shard_stock(s) as i64),
+                ("claimed", 0),
+                ("starts_ms", c.starts_at.timestamp_millis()),
+                ("ends_ms", c.ends_at.timestamp_millis()),
+                ("closed", 0),
+                ("limit", i64::from(c.per_user_limit)),
+                ("vfrom_ms", vfrom),
+                ("vuntil_ms", vuntil),
+                ("vdays", vdays),
+            ];
+            async move {
+                let mut cmd = redis::cmd("HSET");
+                cmd.arg(&k.hash);
+                for (f, v) in fields {
+                    cmd.arg(f).arg(v);
+                }
+                self.bounded(cmd.query_async::<i64>(&mut conn)).await
+            }
+        });
+        try_join_all(writes).await?;
+        Ok(())
+    }
+
+    /// Marks every shard closed: the claim script answers "ended" from now on.
+    pub async fn close_campaign(&self, c: &Campaign) -> Result<()> {
+        let writes = (0..c.shards()).map(|s| {
+            let k = self.shard_keys(c, s);
+            let mut conn = self.conn.clone();
+            async move { self.bounded(redis::cmd("HSET").arg(&k.hash).arg("closed").arg(1).query_async::<i64>(&mut conn)).await }
+        });
+        try_join_all(writes).await?;
+        Ok(())
+    }
+
+    /// Runs the claim script once on `shard`.
+    pub async fn claim_on_shard(
+        &self,
+        c: &Campaign,
+        shard: u32,
+        user: &UserId,
+        coupon: &CouponId,
+        idempotency_key: Option<&str>,
+    ) -> Result<ShardClaim> {
+        let k = self.shard_keys(c, shard);
+        let mut inv = self.scripts.claim.key(&k.hash);
+        inv.key(&k.holders)
+            .key(&k.coupons)
+            .key(&k.idem)
+            .key(&k.outbox)
+            .arg(user.as_str())
+            .arg(coupon.as_str())
+            .arg(idempotency_key.unwrap_or(""))
+            .arg(c.id.as_str())
+            .arg(shard);
+        let mut conn = self.conn.clone();
+        let v: Value = self.bounded(inv.invoke_async(&mut conn)).await?;
+        parse_claim_reply(&v)
+    }
+
+    /// A claim for `user`: on the home shard, borrowing stock from the other
+    /// shards when the home shard is dry (bounded number of rounds).
+    pub async fn claim(
+        &self,
+        c: &Campaign,
+        user: &UserId,
+        coupon: &CouponId,
+        idempotency_key: Option<&str>,
+    ) -> Result<ClaimOutcome> {
+        /// Rounds of "borrow then retry" before giving up with `Contended`.
+        const MAX_ROUNDS: usize = 8;
+        let home = home_shard(user.as_str(), c.shards());
+        for _ in 0..MAX_ROUNDS {
+            match self.claim_on_shard(c, home, user, coupon, idempotency_key).await? {
+                ShardClaim::Granted(r) => return Ok(ClaimOutcome::Granted(r)),
+                ShardClaim::Replayed(r) => return Ok(ClaimOutcome::Replayed(r)),
+                ShardClaim::Holding(ids) => return Ok(ClaimOutcome::Holding(ids)),
+                ShardClaim::NotStarted { starts_ms } => return Ok(ClaimOutcome::NotStarted { starts_ms }),
+                ShardClaim::Ended => return Ok(ClaimOutcome::Ended),
+                ShardClaim::Missing => return Ok(ClaimOutcome::Missing),
+                ShardClaim::Dry => match self.borrow_for(c, home).await? {
+                    rebalance::Borrow::NothingLeft => return Ok(ClaimOutcome::SoldOut),
+                    rebalance::Borrow::Retry => {}
+                },
+            }
+        }
+        Ok(ClaimOutcome::Contended)
+    }
+
+    /// Remaining, claimed and in-flight units of every shard.
+    pub async fn shard_stats(&self, c: &Campaign) -> Result<Vec<ShardStats>> {
+        let reads = (0..c.shards()).map(|s| self.read_shard(c, s));
+        let snaps = try_join_all(reads).await?;
+        Ok(snaps
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| ShardStats {
+                shard: i as u32,
+                remaining: s.remaining + s.in_flight(),
+                claimed: s.claimed,
+                in_flight: s.in_flight(),
+            })
+            .collect())
+    }
+
+    /// The coupons `user` holds in campaign `c`, straight from the home
+    /// shard: a claim shows here the moment the script granted it.
+    pub async fn user_coupons(&self, c: &Campaign, user: &UserId) -> Result<Vec<CouponRecord>> {
+        let k = self.shard_keys(c, home_shard(user.as_str(), c.shards()));
+        let mut conn = self.conn.clone();
+        let held: Option<String> =
+            self.bounded(redis::cmd("HGET").arg(&k.holders).arg(user.as_str()).query_async(&mut conn)).await?;
+        let Some(held) = held else { return Ok(Vec::new()) };
+        let ids: Vec<&str> = held.split(',').collect();
+        let raw: Vec<Option<String>> =
+            self.bounded(redis::cmd("HMGET").arg(&k.coupons).arg(&ids).query_async(&mut conn)).await?;
+        raw.into_iter()
+            .flatten()
+            .map(|r| serde_json::from_str(&r).map_err(|e| StockError::Protocol(format!("claim record: {e}"))))
+            .collect()
+    }
+}
+
+fn code_of(v: &Value) -> Option<i64> {
+    match v {
+        Value::Int(i) => Some(*i),
+        _ => None,
+    }
+}
+
+fn text_of(v: Option<&Value>) -> Option<String> {
+    match v? {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+fn record_of(v: Option<&Value>) -> Result<CouponRecord> {
+    let raw = text_of(v).ok_or_else(|| StockError::Protocol("claim script returned no record".into()))?;
+    serde_json::from_str(&raw).map_err(|e| StockError::Protocol(format!("claim record {raw:?}: {e}")))
+}
+
+/// Decodes the reply contract of `lua/claim.lua`.
+fn parse_claim_reply(v: &Value) -> Result<ShardClaim> {
+    let Value::Array(parts) = v else {
+        return Err(StockError::Protocol(format!("claim script: {v:?}")));
+    };
+    match parts.first().and_then(code_of) {
+        Some(1) => Ok(ShardClaim::Granted(record_of(parts.get(1))?)),
+        Some(2) => Ok(ShardClaim::Replayed(record_of(parts.get(1))?)),
+        Some(3) => Ok(ShardClaim::Holding(
+            text_of(parts.get(1)).unwrap_or_default().split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect(),
+        )),
+        Some(4) => Ok(ShardClaim::NotStarted { starts_ms: parts.get(1).and_then(code_of).unwrap_or(0) }),
+        Some(5) => Ok(ShardClaim::Ended),
+        Some(6) => Ok(ShardClaim::Dry),
+        Some(0) => Ok(ShardClaim::Missing),
+        _ => Err(StockError::Protocol(format!("claim script: {v:?}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_every_reply_of_the_claim_script() {
+        let rec = r#"{"id":"A","campaign_id":"C","user_id":"u","shard":1,"claimed_at_ms":1,"valid_from_ms":1,"valid_until_ms":2}"#;
+        let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let granted = parse_claim_reply(&Value::Array(vec![Value::Int(1), bulk(rec)])).unwrap();
+        assert!(matches!(granted, ShardClaim::Granted(r) if r.id == "A"));
+        assert_eq!(
+            parse_claim_reply(&Value::Array(vec![Value::Int(3), bulk("a,b")])).unwrap(),
+            ShardClaim::Holding(vec!["a".into(), "b".into()])
+        );
+        assert_eq!(
+            parse_claim_reply(&Value::Array(vec![Value::Int(4), Value::Int(99)])).unwrap(),
+            ShardClaim::NotStarted { starts_ms: 99 }
+        );
+        assert_eq!(parse_claim_reply(&Value::Array(vec![Value::Int(6)])).unwrap(), ShardClaim::Dry);
+        assert!(parse_claim_reply(&Value::Int(1)).is_err());
+        assert!(parse_claim_reply(&Value::Array(vec![Value::Int(1)])).is_err());
+    }
+}

@@ -57,7 +57,12 @@ enum Command {
 }
 
 fn load(common: &Common) -> Result<Settings, ExitCode> {
-    let settings = Settings::load(common.config.as_deref(), |k| std::env::var(k).ok(), common.dev).map_err(|e| {
+    let settings = Settings::load(
+        common.config.as_deref(),
+        |k| std::env::var(k).ok(),
+        common.dev,
+    )
+    .map_err(|e| {
         eprintln!("{e}");
         ExitCode::from(2)
     })?;
@@ -66,12 +71,17 @@ fn load(common: &Common) -> Result<Settings, ExitCode> {
 }
 
 fn print_dev_help(settings: &Settings, addr: std::net::SocketAddr) {
-    let token = JwtKeys::new(settings.user_jwt_secret.as_bytes()).sign("demo-user", chrono::Utc::now().timestamp() + 86_400);
-    let start = (chrono::Utc::now() + chrono::Duration::seconds(5)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let end = (chrono::Utc::now() + chrono::Duration::hours(2)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let token = JwtKeys::new(settings.user_jwt_secret.as_bytes())
+        .sign("demo-user", chrono::Utc::now().timestamp() + 86_400);
+    let start = (chrono::Utc::now() + chrono::Duration::seconds(5))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let end = (chrono::Utc::now() + chrono::Duration::hours(2))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     println!("flashgrab is listening on http://{addr}");
     if settings.generated_secrets {
-        println!("\n  dev mode: generated secrets (set FLASHGRAB_ADMIN_TOKEN / FLASHGRAB_USER_JWT_SECRET to keep them)");
+        println!(
+            "\n  dev mode: generated secrets (set FLASHGRAB_ADMIN_TOKEN / FLASHGRAB_USER_JWT_SECRET to keep them)"
+        );
     }
     println!("\n  admin token:      {}", settings.admin_token);
     println!("  user jwt secret:  {}", settings.user_jwt_secret);
@@ -82,7 +92,9 @@ fn print_dev_help(settings: &Settings, addr: std::net::SocketAddr) {
         settings.admin_token
     );
     println!("  then claim one (after the start):");
-    println!("    curl -s -X POST http://{addr}/v1/campaigns/$CAMPAIGN/claim -H 'Authorization: Bearer {token}'");
+    println!(
+        "    curl -s -X POST http://{addr}/v1/campaigns/$CAMPAIGN/claim -H 'Authorization: Bearer {token}'"
+    );
     println!("  and list your coupons:");
     println!("    curl -s http://{addr}/v1/me/coupons -H 'Authorization: Bearer {token}'\n");
 }
@@ -122,7 +134,10 @@ async fn main() -> ExitCode {
         Command::Migrate { common } => match load(&common) {
             Ok(s) => match startup::migrate(&s).await {
                 Ok(_) => {
-                    println!("migrations applied to {}", s.mysql_url.rsplit('/').next().unwrap_or("?"));
+                    println!(
+                        "migrations applied to {}",
+                        s.mysql_url.rsplit('/').next().unwrap_or("?")
+                    );
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
@@ -134,7 +149,11 @@ async fn main() -> ExitCode {
         },
         Command::Token { common, user, ttl } => match load(&common) {
             Ok(s) => {
-                println!("{}", JwtKeys::new(s.user_jwt_secret.as_bytes()).sign(&user, chrono::Utc::now().timestamp() + ttl));
+                println!(
+                    "{}",
+                    JwtKeys::new(s.user_jwt_secret.as_bytes())
+                        .sign(&user, chrono::Utc::now().timestamp() + ttl)
+                );
                 ExitCode::SUCCESS
             }
             Err(code) => code,

@@ -17,11 +17,17 @@ use crate::stock::StockStore;
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
     #[error("cannot connect to the Redis Cluster at {nodes}: {source}")]
-    Redis { nodes: String, source: crate::stock::StockError },
+    Redis {
+        nodes: String,
+        source: crate::stock::StockError,
+    },
     #[error("cannot use MySQL: {0}")]
     Db(#[from] crate::db::DbError),
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// A bound, wired, not yet serving instance.
@@ -33,7 +39,12 @@ pub struct Application {
 /// Connects to MySQL and applies the migrations (`flashgrab migrate`, and
 /// every `serve` start).
 pub async fn migrate(settings: &Settings) -> Result<Db, StartupError> {
-    let db = Db::connect(&settings.mysql_url, settings.mysql_max_connections, settings.mysql_timeout).await?;
+    let db = Db::connect(
+        &settings.mysql_url,
+        settings.mysql_max_connections,
+        settings.mysql_timeout,
+    )
+    .await?;
     db.migrate().await?;
     Ok(db)
 }
@@ -41,10 +52,18 @@ pub async fn migrate(settings: &Settings) -> Result<Db, StartupError> {
 impl Application {
     pub async fn build(settings: &Settings) -> Result<Self, StartupError> {
         let db = migrate(settings).await?;
-        let stock = StockStore::connect(&settings.redis_nodes, &settings.key_prefix, settings.redis_timeout)
-            .await
-            .map_err(|source| StartupError::Redis { nodes: settings.redis_nodes.join(","), source })?;
-        let campaigns = CampaignService::new(db.clone(), stock.clone(), settings.campaign_cache_ttl);
+        let stock = StockStore::connect(
+            &settings.redis_nodes,
+            &settings.key_prefix,
+            settings.redis_timeout,
+        )
+        .await
+        .map_err(|source| StartupError::Redis {
+            nodes: settings.redis_nodes.join(","),
+            source,
+        })?;
+        let campaigns =
+            CampaignService::new(db.clone(), stock.clone(), settings.campaign_cache_ttl);
         let claims = ClaimService::new(campaigns.clone(), stock.clone());
         let state = AppState::new(AppInner {
             campaigns,
@@ -53,16 +72,27 @@ impl Application {
             jwt: JwtKeys::new(settings.user_jwt_secret.as_bytes()),
             stock,
             db,
-            amqp: AmqpProbe::new(settings.amqp_url.clone(), settings.redis_timeout.max(std::time::Duration::from_secs(2))),
+            amqp: AmqpProbe::new(
+                settings.amqp_url.clone(),
+                settings
+                    .redis_timeout
+                    .max(std::time::Duration::from_secs(2)),
+            ),
         });
-        let listener = TcpListener::bind(settings.listen)
-            .await
-            .map_err(|source| StartupError::Bind { addr: settings.listen, source })?;
+        let listener =
+            TcpListener::bind(settings.listen)
+                .await
+                .map_err(|source| StartupError::Bind {
+                    addr: settings.listen,
+                    source,
+                })?;
         Ok(Self { listener, state })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("a bound listener has an address")
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
     }
 
     pub fn state(&self) -> &AppState {
@@ -71,9 +101,14 @@ impl Application {
 
     /// Serves until `shutdown` resolves, then stops accepting and lets the
     /// requests in flight finish.
-    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
         let app = router(self.state);
-        axum::serve(self.listener, app).with_graceful_shutdown(shutdown).await
+        axum::serve(self.listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
     }
 }
 

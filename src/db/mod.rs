@@ -59,15 +59,23 @@ impl Db {
     }
 
     pub async fn ping(&self) -> Result<()> {
-        self.run(sqlx::query("SELECT 1").execute(&self.pool)).await.map(|_| ())
+        self.run(sqlx::query("SELECT 1").execute(&self.pool))
+            .await
+            .map(|_| ())
     }
 
-    async fn run<T>(&self, fut: impl Future<Output = std::result::Result<T, sqlx::Error>>) -> Result<T> {
+    async fn run<T>(
+        &self,
+        fut: impl Future<Output = std::result::Result<T, sqlx::Error>>,
+    ) -> Result<T> {
         bounded(self.timeout, fut).await
     }
 }
 
-async fn bounded<T>(timeout: Duration, fut: impl Future<Output = std::result::Result<T, sqlx::Error>>) -> Result<T> {
+async fn bounded<T>(
+    timeout: Duration,
+    fut: impl Future<Output = std::result::Result<T, sqlx::Error>>,
+) -> Result<T> {
     match tokio::time::timeout(timeout, fut).await {
         Ok(r) => Ok(r?),
         Err(_) => Err(DbError::Timeout(timeout)),

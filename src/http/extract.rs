@@ -19,11 +19,16 @@ pub struct JsonBody<T>(pub T);
 /// missing fields are reported by serde at the enclosing object, so their
 /// name is taken from the message.
 fn field_of(path: &str, message: &str) -> String {
-    let named = ["unknown field `", "missing field `"]
-        .iter()
-        .find_map(|p| message.split_once(p).and_then(|(_, rest)| rest.split_once('`')).map(|(name, _)| name.to_owned()));
+    let named = ["unknown field `", "missing field `"].iter().find_map(|p| {
+        message
+            .split_once(p)
+            .and_then(|(_, rest)| rest.split_once('`'))
+            .map(|(name, _)| name.to_owned())
+    });
     let path = if path == "." { "" } else { path };
     match named {
+        // serde_path_to_error already appends an unknown field to the path.
+        Some(name) if path == name || path.ends_with(&format!(".{name}")) => path.to_owned(),
         Some(name) if path.is_empty() => name,
         Some(name) => format!("{path}.{name}"),
         None if path.is_empty() => "body".to_owned(),
@@ -40,7 +45,11 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         let message = inner.to_string();
         // Never echo serde's "expected one of ..." lists of internals back
         // verbatim beyond the first clause.
-        let short = message.split(", expected").next().unwrap_or(&message).to_owned();
+        let short = message
+            .split(", expected")
+            .next()
+            .unwrap_or(&message)
+            .to_owned();
         ApiError::invalid(field_of(&path, &message), short)
     })?;
     Ok(value)
@@ -86,7 +95,10 @@ pub struct Admin;
 impl FromRequestParts<AppState> for Admin {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         match bearer(parts) {
             Some(t) if token_eq(t.as_bytes(), state.admin_token.as_bytes()) => Ok(Admin),
             _ => Err(ApiError::Unauthorized),
@@ -100,7 +112,10 @@ pub struct User(pub UserId);
 impl FromRequestParts<AppState> for User {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let token = bearer(parts).ok_or(ApiError::Unauthorized)?;
         let now = chrono::Utc::now().timestamp();
         state.jwt.verify(token, now).map(User).map_err(|e| {
@@ -117,8 +132,11 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let Some(v) = parts.headers.get("idempotency-key") else { return Ok(IdempotencyKey(None)) };
-        let bad = || ApiError::invalid("Idempotency-Key", "must be 1..=64 visible ASCII characters");
+        let Some(v) = parts.headers.get("idempotency-key") else {
+            return Ok(IdempotencyKey(None));
+        };
+        let bad =
+            || ApiError::invalid("Idempotency-Key", "must be 1..=64 visible ASCII characters");
         let s = v.to_str().map_err(|_| bad())?;
         if s.is_empty() || s.len() > 64 || !s.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(bad());
@@ -133,10 +151,24 @@ mod tests {
 
     #[test]
     fn fields_are_named() {
-        assert_eq!(field_of(".", "unknown field `total_stok`, expected one of ..."), "total_stok");
-        assert_eq!(field_of("coupon", "unknown field `x`, expected ..."), "coupon.x");
+        assert_eq!(
+            field_of(".", "unknown field `total_stok`, expected one of ..."),
+            "total_stok"
+        );
+        assert_eq!(
+            field_of("coupon", "unknown field `x`, expected ..."),
+            "coupon.x"
+        );
+        assert_eq!(
+            field_of("coupon.x", "unknown field `x`, expected ..."),
+            "coupon.x"
+        );
+        assert_eq!(field_of("x", "unknown field `x`, expected ..."), "x");
         assert_eq!(field_of(".", "missing field `name`"), "name");
-        assert_eq!(field_of("total_stock", "invalid type: string \"a\", expected i64"), "total_stock");
+        assert_eq!(
+            field_of("total_stock", "invalid type: string \"a\", expected i64"),
+            "total_stock"
+        );
         assert_eq!(field_of(".", "expected value at line 1 column 1"), "body");
     }
 }

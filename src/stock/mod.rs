@@ -53,7 +53,9 @@ pub enum ShardClaim {
     Replayed(CouponRecord),
     /// The user already holds `per_user_limit` coupons: their ids.
     Holding(Vec<String>),
-    NotStarted { starts_ms: i64 },
+    NotStarted {
+        starts_ms: i64,
+    },
     Ended,
     /// The home shard is empty; other shards may still have stock.
     Dry,
@@ -67,7 +69,9 @@ pub enum ClaimOutcome {
     Granted(CouponRecord),
     Replayed(CouponRecord),
     Holding(Vec<String>),
-    NotStarted { starts_ms: i64 },
+    NotStarted {
+        starts_ms: i64,
+    },
     Ended,
     /// Every shard is empty and no transfer is in flight.
     SoldOut,
@@ -128,7 +132,12 @@ impl StockStore {
         let conn = tokio::time::timeout(timeout * 2, client.get_async_connection())
             .await
             .map_err(|_| StockError::Timeout(timeout * 2))??;
-        Ok(Self { conn, keys: KeyLayout::new(prefix), scripts: Scripts::new(), timeout })
+        Ok(Self {
+            conn,
+            keys: KeyLayout::new(prefix),
+            scripts: Scripts::new(),
+            timeout,
+        })
     }
 
     pub fn keys(&self) -> &KeyLayout {
@@ -151,7 +160,9 @@ impl StockStore {
     /// `cluster_state:ok` as seen by the node that answers.
     pub async fn ping(&self) -> Result<()> {
         let mut c = self.conn.clone();
-        let info: String = self.bounded(redis::cmd("CLUSTER").arg("INFO").query_async(&mut c)).await?;
+        let info: String = self
+            .bounded(redis::cmd("CLUSTER").arg("INFO").query_async(&mut c))
+            .await?;
         if info.lines().any(|l| l.trim() == "cluster_state:ok") {
             Ok(())
         } else {
@@ -162,12 +173,15 @@ impl StockStore {
     /// The live slot map.
     pub async fn slot_map(&self) -> Result<SlotMap> {
         let mut c = self.conn.clone();
-        let v: Value = self.bounded(redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut c)).await?;
+        let v: Value = self
+            .bounded(redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut c))
+            .await?;
         Ok(SlotMap::parse(&v)?)
     }
 
     fn shard_keys(&self, c: &Campaign, shard: u32) -> ShardKeys {
-        self.keys.shard(c.shard_buckets[shard as usize], c.id.as_str(), shard)
+        self.keys
+            .shard(c.shard_buckets[shard as usize], c.id.as_str(), shard)
     }
 
     /// Writes every shard of a new campaign: its stock and the window the
@@ -209,7 +223,16 @@ impl StockStore {
         let writes = (0..c.shards()).map(|s| {
             let k = self.shard_keys(c, s);
             let mut conn = self.conn.clone();
-            async move { self.bounded(redis::cmd("HSET").arg(&k.hash).arg("closed").arg(1).query_async::<i64>(&mut conn)).await }
+            async move {
+                self.bounded(
+                    redis::cmd("HSET")
+                        .arg(&k.hash)
+                        .arg("closed")
+                        .arg(1)
+                        .query_async::<i64>(&mut conn),
+                )
+                .await
+            }
         });
         try_join_all(writes).await?;
         Ok(())
@@ -253,11 +276,16 @@ impl StockStore {
         const MAX_ROUNDS: usize = 8;
         let home = home_shard(user.as_str(), c.shards());
         for _ in 0..MAX_ROUNDS {
-            match self.claim_on_shard(c, home, user, coupon, idempotency_key).await? {
+            match self
+                .claim_on_shard(c, home, user, coupon, idempotency_key)
+                .await?
+            {
                 ShardClaim::Granted(r) => return Ok(ClaimOutcome::Granted(r)),
                 ShardClaim::Replayed(r) => return Ok(ClaimOutcome::Replayed(r)),
                 ShardClaim::Holding(ids) => return Ok(ClaimOutcome::Holding(ids)),
-                ShardClaim::NotStarted { starts_ms } => return Ok(ClaimOutcome::NotStarted { starts_ms }),
+                ShardClaim::NotStarted { starts_ms } => {
+                    return Ok(ClaimOutcome::NotStarted { starts_ms });
+                }
                 ShardClaim::Ended => return Ok(ClaimOutcome::Ended),
                 ShardClaim::Missing => return Ok(ClaimOutcome::Missing),
                 ShardClaim::Dry => match self.borrow_for(c, home).await? {
@@ -290,15 +318,32 @@ impl StockStore {
     pub async fn user_coupons(&self, c: &Campaign, user: &UserId) -> Result<Vec<CouponRecord>> {
         let k = self.shard_keys(c, home_shard(user.as_str(), c.shards()));
         let mut conn = self.conn.clone();
-        let held: Option<String> =
-            self.bounded(redis::cmd("HGET").arg(&k.holders).arg(user.as_str()).query_async(&mut conn)).await?;
-        let Some(held) = held else { return Ok(Vec::new()) };
+        let held: Option<String> = self
+            .bounded(
+                redis::cmd("HGET")
+                    .arg(&k.holders)
+                    .arg(user.as_str())
+                    .query_async(&mut conn),
+            )
+            .await?;
+        let Some(held) = held else {
+            return Ok(Vec::new());
+        };
         let ids: Vec<&str> = held.split(',').collect();
-        let raw: Vec<Option<String>> =
-            self.bounded(redis::cmd("HMGET").arg(&k.coupons).arg(&ids).query_async(&mut conn)).await?;
+        let raw: Vec<Option<String>> = self
+            .bounded(
+                redis::cmd("HMGET")
+                    .arg(&k.coupons)
+                    .arg(&ids)
+                    .query_async(&mut conn),
+            )
+            .await?;
         raw.into_iter()
             .flatten()
-            .map(|r| serde_json::from_str(&r).map_err(|e| StockError::Protocol(format!("claim record: {e}"))))
+            .map(|r| {
+                serde_json::from_str(&r)
+                    .map_err(|e| StockError::Protocol(format!("claim record: {e}")))
+            })
             .collect()
     }
 }
@@ -319,8 +364,10 @@ fn text_of(v: Option<&Value>) -> Option<String> {
 }
 
 fn record_of(v: Option<&Value>) -> Result<CouponRecord> {
-    let raw = text_of(v).ok_or_else(|| StockError::Protocol("claim script returned no record".into()))?;
-    serde_json::from_str(&raw).map_err(|e| StockError::Protocol(format!("claim record {raw:?}: {e}")))
+    let raw =
+        text_of(v).ok_or_else(|| StockError::Protocol("claim script returned no record".into()))?;
+    serde_json::from_str(&raw)
+        .map_err(|e| StockError::Protocol(format!("claim record {raw:?}: {e}")))
 }
 
 /// Decodes the reply contract of `lua/claim.lua`.
@@ -332,9 +379,16 @@ fn parse_claim_reply(v: &Value) -> Result<ShardClaim> {
         Some(1) => Ok(ShardClaim::Granted(record_of(parts.get(1))?)),
         Some(2) => Ok(ShardClaim::Replayed(record_of(parts.get(1))?)),
         Some(3) => Ok(ShardClaim::Holding(
-            text_of(parts.get(1)).unwrap_or_default().split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect(),
+            text_of(parts.get(1))
+                .unwrap_or_default()
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect(),
         )),
-        Some(4) => Ok(ShardClaim::NotStarted { starts_ms: parts.get(1).and_then(code_of).unwrap_or(0) }),
+        Some(4) => Ok(ShardClaim::NotStarted {
+            starts_ms: parts.get(1).and_then(code_of).unwrap_or(0),
+        }),
         Some(5) => Ok(ShardClaim::Ended),
         Some(6) => Ok(ShardClaim::Dry),
         Some(0) => Ok(ShardClaim::Missing),
@@ -360,7 +414,10 @@ mod tests {
             parse_claim_reply(&Value::Array(vec![Value::Int(4), Value::Int(99)])).unwrap(),
             ShardClaim::NotStarted { starts_ms: 99 }
         );
-        assert_eq!(parse_claim_reply(&Value::Array(vec![Value::Int(6)])).unwrap(), ShardClaim::Dry);
+        assert_eq!(
+            parse_claim_reply(&Value::Array(vec![Value::Int(6)])).unwrap(),
+            ShardClaim::Dry
+        );
         assert!(parse_claim_reply(&Value::Int(1)).is_err());
         assert!(parse_claim_reply(&Value::Array(vec![Value::Int(1)])).is_err());
     }

@@ -55,13 +55,19 @@ impl SlotMap {
     /// `[[start, end, [host, port, id, ...], replicas...], ...]`.
     pub fn parse(reply: &Value) -> Result<Self, PlacementError> {
         let bad = || PlacementError::BadReply(format!("{reply:?}").chars().take(200).collect());
-        let Value::Array(entries) = reply else { return Err(bad()) };
+        let Value::Array(entries) = reply else {
+            return Err(bad());
+        };
         let mut ranges = Vec::with_capacity(entries.len());
         for e in entries {
-            let Value::Array(parts) = e else { return Err(bad()) };
-            let (Some(start), Some(end), Some(Value::Array(master))) =
-                (parts.first().and_then(as_int), parts.get(1).and_then(as_int), parts.get(2))
-            else {
+            let Value::Array(parts) = e else {
+                return Err(bad());
+            };
+            let (Some(start), Some(end), Some(Value::Array(master))) = (
+                parts.first().and_then(as_int),
+                parts.get(1).and_then(as_int),
+                parts.get(2),
+            ) else {
                 return Err(bad());
             };
             let host = master.first().and_then(as_text).ok_or_else(bad)?;
@@ -72,7 +78,10 @@ impl SlotMap {
     }
 
     pub fn master_of(&self, slot: u16) -> Option<&str> {
-        self.ranges.iter().find(|(lo, hi, _)| (*lo..=*hi).contains(&slot)).map(|(_, _, m)| m.as_str())
+        self.ranges
+            .iter()
+            .find(|(lo, hi, _)| (*lo..=*hi).contains(&slot))
+            .map(|(_, _, m)| m.as_str())
     }
 
     /// Distinct masters, sorted.
@@ -89,7 +98,11 @@ impl SlotMap {
 /// per master (more parallel scripts per node). Never more than the stock.
 pub fn default_shards(total_stock: u64, masters: usize) -> u32 {
     let masters = masters.max(1) as u64;
-    let wanted = if total_stock < masters * 100 { masters } else { masters * 4 };
+    let wanted = if total_stock < masters * 100 {
+        masters
+    } else {
+        masters * 4
+    };
     wanted.min(total_stock).clamp(1, 1024) as u32
 }
 
@@ -140,8 +153,10 @@ mod tests {
         for seed in 0..50 {
             for shards in 3..20 {
                 let buckets = place_shards(&layout, &map, shards, seed).unwrap();
-                let mut masters: Vec<&str> =
-                    buckets.iter().map(|b| map.master_of(layout.bucket_slot(*b)).unwrap()).collect();
+                let mut masters: Vec<&str> = buckets
+                    .iter()
+                    .map(|b| map.master_of(layout.bucket_slot(*b)).unwrap())
+                    .collect();
                 masters.sort();
                 masters.dedup();
                 assert_eq!(masters.len(), 3, "seed {seed} shards {shards}");
@@ -154,7 +169,10 @@ mod tests {
         let layout = KeyLayout::new("fg");
         let map = SlotMap::from_ranges(vec![(0, 300, "a:1".into()), (301, 16383, "b:1".into())]);
         let buckets = place_shards(&layout, &map, 2, 0).unwrap();
-        let masters: Vec<&str> = buckets.iter().map(|b| map.master_of(layout.bucket_slot(*b)).unwrap()).collect();
+        let masters: Vec<&str> = buckets
+            .iter()
+            .map(|b| map.master_of(layout.bucket_slot(*b)).unwrap())
+            .collect();
         assert!(masters.contains(&"a:1") && masters.contains(&"b:1"));
     }
 
@@ -167,10 +185,26 @@ mod tests {
 
     #[test]
     fn parses_cluster_slots() {
-        let node = |port| Value::Array(vec![Value::BulkString(b"127.0.0.1".to_vec()), Value::Int(port), Value::BulkString(b"id".to_vec())]);
+        let node = |port| {
+            Value::Array(vec![
+                Value::BulkString(b"127.0.0.1".to_vec()),
+                Value::Int(port),
+                Value::BulkString(b"id".to_vec()),
+            ])
+        };
         let reply = Value::Array(vec![
-            Value::Array(vec![Value::Int(5461), Value::Int(16383), node(7001), node(7004)]),
-            Value::Array(vec![Value::Int(0), Value::Int(5460), node(7000), node(7003)]),
+            Value::Array(vec![
+                Value::Int(5461),
+                Value::Int(16383),
+                node(7001),
+                node(7004),
+            ]),
+            Value::Array(vec![
+                Value::Int(0),
+                Value::Int(5460),
+                node(7000),
+                node(7003),
+            ]),
         ]);
         let map = SlotMap::parse(&reply).unwrap();
         assert_eq!(map.master_of(0), Some("127.0.0.1:7000"));

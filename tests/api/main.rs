@@ -1,0 +1,8 @@
+//! API-level integration tests against the real local stack. One binary
+//! (faster to link); each test isolates itself by key prefix and database.
+
+mod helpers;
+
+mod campaigns;
+mod claims;
+mod ops;

@@ -59,37 +59,27 @@ pub struct JwtKeys {
 
 impl JwtKeys {
     pub fn new(secret: &[u8]) -> Self {
-        Self {
-            mac: HmacSha256::new_from_slice(secret).expect("HMAC accepts any key length"),
-        }
+        Self { mac: HmacSha256::new_from_slice(secret).expect("HMAC accepts any key length") }
     }
 
     /// Verifies `token` at unix time `now` and returns the user id.
     pub fn verify(&self, token: &str, now: i64) -> Result<UserId, TokenError> {
         let mut parts = token.split('.');
-        let (Some(h), Some(p), Some(s), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
+        let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
             return Err(TokenError::Malformed);
         };
-        let header = URL_SAFE_NO_PAD
-            .decode(h)
-            .map_err(|_| TokenError::Malformed)?;
+        let header = URL_SAFE_NO_PAD.decode(h).map_err(|_| TokenError::Malformed)?;
         let header: Header = serde_json::from_slice(&header).map_err(|_| TokenError::Malformed)?;
         if header.alg != "HS256" {
             return Err(TokenError::Algorithm);
         }
-        let sig = URL_SAFE_NO_PAD
-            .decode(s)
-            .map_err(|_| TokenError::Malformed)?;
+        let sig = URL_SAFE_NO_PAD.decode(s).map_err(|_| TokenError::Malformed)?;
         let mut mac = self.mac.clone();
         mac.update(h.as_bytes());
         mac.update(b".");
         mac.update(p.as_bytes());
         mac.verify_slice(&sig).map_err(|_| TokenError::Signature)?;
-        let payload = URL_SAFE_NO_PAD
-            .decode(p)
-            .map_err(|_| TokenError::Malformed)?;
+        let payload = URL_SAFE_NO_PAD.decode(p).map_err(|_| TokenError::Malformed)?;
         let claims: Claims = serde_json::from_slice(&payload).map_err(|_| TokenError::Malformed)?;
         if now >= claims.exp {
             return Err(TokenError::Expired);
@@ -104,13 +94,8 @@ impl JwtKeys {
     /// the load-test harness).
     pub fn sign(&self, sub: &str, exp: i64) -> String {
         let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
-        let claims = Claims {
-            sub: sub.to_owned(),
-            exp,
-            nbf: None,
-        };
-        let payload =
-            URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).expect("claims serialize"));
+        let claims = Claims { sub: sub.to_owned(), exp, nbf: None };
+        let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).expect("claims serialize"));
         let mut mac = self.mac.clone();
         mac.update(header.as_bytes());
         mac.update(b".");
@@ -125,11 +110,7 @@ pub fn token_eq(given: &[u8], expected: &[u8]) -> bool {
     if given.len() != expected.len() {
         return false;
     }
-    given
-        .iter()
-        .zip(expected)
-        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-        == 0
+    given.iter().zip(expected).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
 }
 
 #[cfg(test)]
@@ -150,21 +131,12 @@ mod tests {
         let k = JwtKeys::new(b"one");
         let other = JwtKeys::new(b"two");
         assert_eq!(k.verify(&k.sign("u", NOW), NOW), Err(TokenError::Expired));
-        assert_eq!(
-            k.verify(&other.sign("u", NOW + 5), NOW),
-            Err(TokenError::Signature)
-        );
+        assert_eq!(k.verify(&other.sign("u", NOW + 5), NOW), Err(TokenError::Signature));
         for junk in ["", "a.b", "a.b.c.d", "!!!.???.###", "e30.e30.e30"] {
             assert!(k.verify(junk, NOW).is_err(), "{junk}");
         }
-        assert_eq!(
-            k.verify(&k.sign("", NOW + 5), NOW),
-            Err(TokenError::Subject)
-        );
-        assert_eq!(
-            k.verify(&k.sign(&"x".repeat(65), NOW + 5), NOW),
-            Err(TokenError::Subject)
-        );
+        assert_eq!(k.verify(&k.sign("", NOW + 5), NOW), Err(TokenError::Subject));
+        assert_eq!(k.verify(&k.sign(&"x".repeat(65), NOW + 5), NOW), Err(TokenError::Subject));
     }
 
     #[test]

@@ -12,8 +12,7 @@ use rand::Rng;
 use serde::Deserialize;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
-pub const DEFAULT_REDIS_NODES: &str =
-    "redis://127.0.0.1:7000,redis://127.0.0.1:7001,redis://127.0.0.1:7002";
+pub const DEFAULT_REDIS_NODES: &str = "redis://127.0.0.1:7000,redis://127.0.0.1:7001,redis://127.0.0.1:7002";
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 pub const DEFAULT_MYSQL_URL: &str = "mysql://root@127.0.0.1:3306/flashgrab";
 pub const DEFAULT_KEY_PREFIX: &str = "fg";
@@ -28,10 +27,7 @@ pub struct ConfigError {
 }
 
 fn err(setting: &str, reason: impl Into<String>) -> ConfigError {
-    ConfigError {
-        setting: setting.to_owned(),
-        reason: reason.into(),
-    }
+    ConfigError { setting: setting.to_owned(), reason: reason.into() }
 }
 
 /// The validated settings of one process.
@@ -56,6 +52,11 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// True when the secrets were generated (dev mode): print them.
     pub generated_secrets: bool,
+    /// Run the outbox relay inside `serve` (on by default; off in tests that
+    /// only exercise the API).
+    pub run_relay: bool,
+    /// Run the persist worker inside `serve` (`--no-persist` turns it off).
+    pub run_persist: bool,
 }
 
 impl std::fmt::Debug for Settings {
@@ -108,9 +109,7 @@ struct FileSettings {
 /// Random hex string of `bytes` random bytes.
 fn random_hex(bytes: usize) -> String {
     let mut rng = rand::rng();
-    (0..bytes)
-        .map(|_| format!("{:02x}", rng.random::<u8>()))
-        .collect()
+    (0..bytes).map(|_| format!("{:02x}", rng.random::<u8>())).collect()
 }
 
 impl Settings {
@@ -126,58 +125,34 @@ impl Settings {
             Some(p) => {
                 let text = std::fs::read_to_string(p)
                     .map_err(|e| err("--config", format!("cannot read {}: {e}", p.display())))?;
-                toml::from_str(&text)
-                    .map_err(|e| err("--config", format!("{}: {e}", p.display())))?
+                toml::from_str(&text).map_err(|e| err("--config", format!("{}: {e}", p.display())))?
             }
         };
-        let pick =
-            |name: &str, from_file: Option<String>, default: Option<&str>| -> Option<String> {
-                env(&format!("FLASHGRAB_{name}"))
-                    .filter(|v| !v.is_empty())
-                    .or(from_file)
-                    .or(default.map(str::to_owned))
-            };
+        let pick = |name: &str, from_file: Option<String>, default: Option<&str>| -> Option<String> {
+            env(&format!("FLASHGRAB_{name}")).filter(|v| !v.is_empty()).or(from_file).or(default.map(str::to_owned))
+        };
         let num = |name: &str, from_file: Option<u64>, default: u64| -> Result<u64, ConfigError> {
             match env(&format!("FLASHGRAB_{name}")).filter(|v| !v.is_empty()) {
-                Some(v) => v
-                    .trim()
-                    .parse()
-                    .map_err(|_| err(&format!("FLASHGRAB_{name}"), "must be a whole number")),
+                Some(v) => v.trim().parse().map_err(|_| err(&format!("FLASHGRAB_{name}"), "must be a whole number")),
                 None => Ok(from_file.unwrap_or(default)),
             }
         };
 
         let listen_s = pick("LISTEN", file.listen, Some(DEFAULT_LISTEN)).unwrap_or_default();
-        let listen = listen_s.parse().map_err(|_| {
-            err(
-                "FLASHGRAB_LISTEN",
-                format!("{listen_s:?} is not an address like 127.0.0.1:8080"),
-            )
-        })?;
+        let listen = listen_s
+            .parse()
+            .map_err(|_| err("FLASHGRAB_LISTEN", format!("{listen_s:?} is not an address like 127.0.0.1:8080")))?;
 
-        let redis_nodes: Vec<String> = match env("FLASHGRAB_REDIS_NODES").filter(|v| !v.is_empty())
-        {
-            Some(v) => v
-                .split(',')
-                .map(|s| s.trim().to_owned())
-                .filter(|s| !s.is_empty())
-                .collect(),
-            None => file
-                .redis_nodes
-                .unwrap_or_else(|| DEFAULT_REDIS_NODES.split(',').map(str::to_owned).collect()),
+        let redis_nodes: Vec<String> = match env("FLASHGRAB_REDIS_NODES").filter(|v| !v.is_empty()) {
+            Some(v) => v.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect(),
+            None => file.redis_nodes.unwrap_or_else(|| DEFAULT_REDIS_NODES.split(',').map(str::to_owned).collect()),
         };
         if redis_nodes.is_empty() {
-            return Err(err(
-                "FLASHGRAB_REDIS_NODES",
-                "give at least one node, e.g. redis://127.0.0.1:7000",
-            ));
+            return Err(err("FLASHGRAB_REDIS_NODES", "give at least one node, e.g. redis://127.0.0.1:7000"));
         }
         for n in &redis_nodes {
             if !(n.starts_with("redis://") || n.starts_with("rediss://")) {
-                return Err(err(
-                    "FLASHGRAB_REDIS_NODES",
-                    format!("{n:?} is not a redis:// URL"),
-                ));
+                return Err(err("FLASHGRAB_REDIS_NODES", format!("{n:?} is not a redis:// URL")));
             }
         }
 
@@ -185,24 +160,15 @@ impl Settings {
         if !(amqp_url.starts_with("amqp://") || amqp_url.starts_with("amqps://")) {
             return Err(err("FLASHGRAB_AMQP_URL", "must be an amqp:// URL"));
         }
-        let mysql_url =
-            pick("MYSQL_URL", file.mysql_url, Some(DEFAULT_MYSQL_URL)).unwrap_or_default();
+        let mysql_url = pick("MYSQL_URL", file.mysql_url, Some(DEFAULT_MYSQL_URL)).unwrap_or_default();
         if !mysql_url.starts_with("mysql://") {
             return Err(err(
                 "FLASHGRAB_MYSQL_URL",
                 "must be a mysql:// URL with a database, e.g. mysql://root@127.0.0.1:3306/flashgrab",
             ));
         }
-        if mysql_url
-            .trim_end_matches('/')
-            .rsplit('/')
-            .next()
-            .is_none_or(|db| db.contains(':') || db.contains('@'))
-        {
-            return Err(err(
-                "FLASHGRAB_MYSQL_URL",
-                "must name a database, e.g. mysql://root@127.0.0.1:3306/flashgrab",
-            ));
+        if mysql_url.trim_end_matches('/').rsplit('/').next().is_none_or(|db| db.contains(':') || db.contains('@')) {
+            return Err(err("FLASHGRAB_MYSQL_URL", "must name a database, e.g. mysql://root@127.0.0.1:3306/flashgrab"));
         }
 
         let mut generated_secrets = false;
@@ -213,17 +179,11 @@ impl Settings {
                 random_hex(16)
             }
             None => {
-                return Err(err(
-                    "FLASHGRAB_ADMIN_TOKEN",
-                    "required (set it, or run with --dev to generate one)",
-                ));
+                return Err(err("FLASHGRAB_ADMIN_TOKEN", "required (set it, or run with --dev to generate one)"));
             }
         };
         if admin_token.len() < 16 {
-            return Err(err(
-                "FLASHGRAB_ADMIN_TOKEN",
-                "must be at least 16 characters",
-            ));
+            return Err(err("FLASHGRAB_ADMIN_TOKEN", "must be at least 16 characters"));
         }
         let user_jwt_secret = match pick("USER_JWT_SECRET", file.user_jwt_secret, None) {
             Some(t) => t,
@@ -232,55 +192,29 @@ impl Settings {
                 random_hex(32)
             }
             None => {
-                return Err(err(
-                    "FLASHGRAB_USER_JWT_SECRET",
-                    "required (set it, or run with --dev to generate one)",
-                ));
+                return Err(err("FLASHGRAB_USER_JWT_SECRET", "required (set it, or run with --dev to generate one)"));
             }
         };
         if user_jwt_secret.len() < 32 {
-            return Err(err(
-                "FLASHGRAB_USER_JWT_SECRET",
-                "must be at least 32 bytes",
-            ));
+            return Err(err("FLASHGRAB_USER_JWT_SECRET", "must be at least 32 bytes"));
         }
 
-        let key_prefix =
-            pick("KEY_PREFIX", file.key_prefix, Some(DEFAULT_KEY_PREFIX)).unwrap_or_default();
+        let key_prefix = pick("KEY_PREFIX", file.key_prefix, Some(DEFAULT_KEY_PREFIX)).unwrap_or_default();
         let prefix_ok = (1..=32).contains(&key_prefix.len())
-            && key_prefix
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            && key_prefix.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
         if !prefix_ok {
-            return Err(err(
-                "FLASHGRAB_KEY_PREFIX",
-                "must be 1..=32 characters of A-Z a-z 0-9 _ -",
-            ));
+            return Err(err("FLASHGRAB_KEY_PREFIX", "must be 1..=32 characters of A-Z a-z 0-9 _ -"));
         }
 
         let redis_timeout_ms = num("REDIS_TIMEOUT_MS", file.redis_timeout_ms, 1000)?;
         let mysql_timeout_ms = num("MYSQL_TIMEOUT_MS", file.mysql_timeout_ms, 5000)?;
         let campaign_cache_ms = num("CAMPAIGN_CACHE_MS", file.campaign_cache_ms, 1000)?;
-        let mysql_max_connections = num(
-            "MYSQL_MAX_CONNECTIONS",
-            file.mysql_max_connections.map(u64::from),
-            16,
-        )?;
+        let mysql_max_connections = num("MYSQL_MAX_CONNECTIONS", file.mysql_max_connections.map(u64::from), 16)?;
         for (name, v, lo, hi) in [
             ("FLASHGRAB_REDIS_TIMEOUT_MS", redis_timeout_ms, 10, 60_000),
             ("FLASHGRAB_MYSQL_TIMEOUT_MS", mysql_timeout_ms, 10, 300_000),
-            (
-                "FLASHGRAB_CAMPAIGN_CACHE_MS",
-                campaign_cache_ms,
-                0,
-                3_600_000,
-            ),
-            (
-                "FLASHGRAB_MYSQL_MAX_CONNECTIONS",
-                mysql_max_connections,
-                1,
-                1000,
-            ),
+            ("FLASHGRAB_CAMPAIGN_CACHE_MS", campaign_cache_ms, 0, 3_600_000),
+            ("FLASHGRAB_MYSQL_MAX_CONNECTIONS", mysql_max_connections, 1, 1000),
         ] {
             if !(lo..=hi).contains(&v) {
                 return Err(err(name, format!("must be between {lo} and {hi}")));
@@ -306,6 +240,8 @@ impl Settings {
             campaign_cache_ttl: Duration::from_millis(campaign_cache_ms),
             log_format,
             generated_secrets,
+            run_relay: true,
+            run_persist: true,
         })
     }
 }
@@ -317,19 +253,13 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let m: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let m: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         move |k| m.get(k).cloned()
     }
 
     const SECRETS: [(&str, &str); 2] = [
         ("FLASHGRAB_ADMIN_TOKEN", "admin-token-0123456789"),
-        (
-            "FLASHGRAB_USER_JWT_SECRET",
-            "0123456789abcdef0123456789abcdef",
-        ),
+        ("FLASHGRAB_USER_JWT_SECRET", "0123456789abcdef0123456789abcdef"),
     ];
 
     #[test]
@@ -345,23 +275,14 @@ mod tests {
     #[test]
     fn env_beats_file_beats_defaults() {
         let dir = std::env::temp_dir().join(format!("fg-config-{}", ulid::Ulid::new()));
-        std::fs::write(
-            &dir,
-            "listen = \"127.0.0.1:9000\"\nkey_prefix = \"fromfile\"\n",
-        )
-        .unwrap();
+        std::fs::write(&dir, "listen = \"127.0.0.1:9000\"\nkey_prefix = \"fromfile\"\n").unwrap();
         let mut pairs = SECRETS.to_vec();
         pairs.push(("FLASHGRAB_KEY_PREFIX", "fromenv"));
         let s = Settings::load(Some(&dir), env(&pairs), false).unwrap();
         assert_eq!(s.listen.port(), 9000);
         assert_eq!(s.key_prefix, "fromenv");
         std::fs::write(&dir, "lisen = \"x\"\n").unwrap();
-        assert_eq!(
-            Settings::load(Some(&dir), env(&pairs), false)
-                .unwrap_err()
-                .setting,
-            "--config"
-        );
+        assert_eq!(Settings::load(Some(&dir), env(&pairs), false).unwrap_err().setting, "--config");
         std::fs::remove_file(&dir).ok();
     }
 
@@ -379,22 +300,13 @@ mod tests {
         ] {
             let mut pairs = SECRETS.to_vec();
             pairs.push((k, v));
-            assert_eq!(
-                Settings::load(None, env(&pairs), false)
-                    .unwrap_err()
-                    .setting,
-                k,
-                "{k}={v}"
-            );
+            assert_eq!(Settings::load(None, env(&pairs), false).unwrap_err().setting, k, "{k}={v}");
         }
     }
 
     #[test]
     fn redacts_passwords() {
-        assert_eq!(
-            redact("amqp://guest:guest@h:5672/%2f"),
-            "amqp://guest:***@h:5672/%2f"
-        );
+        assert_eq!(redact("amqp://guest:guest@h:5672/%2f"), "amqp://guest:***@h:5672/%2f");
         assert_eq!(redact("mysql://root@h/db"), "mysql://root@h/db");
     }
 }

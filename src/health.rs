@@ -37,11 +37,7 @@ pub struct AmqpProbe {
 
 impl AmqpProbe {
     pub fn new(url: String, timeout: Duration) -> Self {
-        Self {
-            url,
-            conn: Mutex::new(None),
-            timeout,
-        }
+        Self { url, conn: Mutex::new(None), timeout }
     }
 
     /// True when a connection to the broker is open (opening one if needed).
@@ -80,9 +76,5 @@ pub async fn readiness(stock: &StockStore, amqp: &AmqpProbe, db: &Db) -> Readine
         tracing::warn!(error = %e, "mysql is not ready");
     }
     let word = |ok: bool| if ok { "ok" } else { "down" };
-    Readiness {
-        redis: word(r.is_ok()),
-        rabbitmq: word(a),
-        mysql: word(m.is_ok()),
-    }
+    Readiness { redis: word(r.is_ok()), rabbitmq: word(a), mysql: word(m.is_ok()) }
 }

@@ -8,6 +8,9 @@
 //!   gluing the stores together.
 //! - [`stock`]: the Redis Cluster side: key layout, shard placement, the Lua
 //!   claim script and the journaled stock transfers between shards.
+//! - [`outbox`]: the relay from the Redis outbox streams to RabbitMQ
+//!   (publisher confirms, then XACK + XDEL).
+//! - [`persist`]: the RabbitMQ -> MySQL worker and `reconcile`.
 //! - [`db`]: MySQL (campaign terms, persisted coupons) and migrations.
 //! - [`domain`]: validated values with no I/O (campaign terms, ids, shard
 //!   routing maths).
@@ -24,6 +27,9 @@ pub mod db;
 pub mod domain;
 pub mod health;
 pub mod http;
+pub mod metrics;
+pub mod outbox;
+pub mod persist;
 pub mod service;
 pub mod startup;
 pub mod stock;

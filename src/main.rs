@@ -33,10 +33,36 @@ struct Common {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve the HTTP API (claims, campaigns, coupons).
+    /// Serve the HTTP API (claims, campaigns, coupons) with the outbox relay
+    /// and, unless --no-persist, the persist worker in the same process.
     Serve {
         #[command(flatten)]
         common: Common,
+        /// Do not run the RabbitMQ -> MySQL persist worker here (run
+        /// `flashgrab persist` separately).
+        #[arg(long)]
+        no_persist: bool,
+        /// Do not run the Redis outbox -> RabbitMQ relay here (some other
+        /// instance must, or claims are never persisted).
+        #[arg(long)]
+        no_relay: bool,
+    },
+    /// Run only the persist worker: RabbitMQ claims queue -> MySQL.
+    Persist {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Compare the claims granted in Redis with the rows in MySQL for one
+    /// campaign. Exit code 0 when they match, 1 when they do not.
+    Reconcile {
+        #[command(flatten)]
+        common: Common,
+        /// The campaign id.
+        #[arg(long)]
+        campaign: String,
+        /// Write the missing rows (idempotent; never deletes or rewrites).
+        #[arg(long)]
+        repair: bool,
     },
     /// Apply the MySQL migrations (creating the database if needed) and exit.
     Migrate {
@@ -57,12 +83,7 @@ enum Command {
 }
 
 fn load(common: &Common) -> Result<Settings, ExitCode> {
-    let settings = Settings::load(
-        common.config.as_deref(),
-        |k| std::env::var(k).ok(),
-        common.dev,
-    )
-    .map_err(|e| {
+    let settings = Settings::load(common.config.as_deref(), |k| std::env::var(k).ok(), common.dev).map_err(|e| {
         eprintln!("{e}");
         ExitCode::from(2)
     })?;
@@ -71,12 +92,10 @@ fn load(common: &Common) -> Result<Settings, ExitCode> {
 }
 
 fn print_dev_help(settings: &Settings, addr: std::net::SocketAddr) {
-    let token = JwtKeys::new(settings.user_jwt_secret.as_bytes())
-        .sign("demo-user", chrono::Utc::now().timestamp() + 86_400);
-    let start = (chrono::Utc::now() + chrono::Duration::seconds(5))
-        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let end = (chrono::Utc::now() + chrono::Duration::hours(2))
-        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let token =
+        JwtKeys::new(settings.user_jwt_secret.as_bytes()).sign("demo-user", chrono::Utc::now().timestamp() + 86_400);
+    let start = (chrono::Utc::now() + chrono::Duration::seconds(5)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let end = (chrono::Utc::now() + chrono::Duration::hours(2)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     println!("flashgrab is listening on http://{addr}");
     if settings.generated_secrets {
         println!(
@@ -92,9 +111,7 @@ fn print_dev_help(settings: &Settings, addr: std::net::SocketAddr) {
         settings.admin_token
     );
     println!("  then claim one (after the start):");
-    println!(
-        "    curl -s -X POST http://{addr}/v1/campaigns/$CAMPAIGN/claim -H 'Authorization: Bearer {token}'"
-    );
+    println!("    curl -s -X POST http://{addr}/v1/campaigns/$CAMPAIGN/claim -H 'Authorization: Bearer {token}'");
     println!("  and list your coupons:");
     println!("    curl -s http://{addr}/v1/me/coupons -H 'Authorization: Bearer {token}'\n");
 }
@@ -123,21 +140,77 @@ async fn serve(settings: Settings) -> ExitCode {
     }
 }
 
+async fn persist(settings: Settings) -> ExitCode {
+    let db = match startup::migrate(&settings).await {
+        Ok(db) => db,
+        Err(e) => {
+            eprintln!("flashgrab persist: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let metrics = std::sync::Arc::new(flashgrab::metrics::PipelineMetrics::default());
+    let worker =
+        flashgrab::persist::worker::PersistWorker::new(db, settings.amqp_url.clone(), &settings.key_prefix, metrics);
+    let token = tokio_util::sync::CancellationToken::new();
+    let stop = token.clone();
+    tokio::spawn(async move {
+        startup::shutdown_signal().await;
+        stop.cancel();
+    });
+    worker.run(token).await;
+    ExitCode::SUCCESS
+}
+
+async fn reconcile(settings: Settings, campaign: &str, repair: bool) -> ExitCode {
+    let Some(id) = flashgrab::domain::CampaignId::parse(campaign) else {
+        eprintln!("flashgrab reconcile: {campaign:?} is not a campaign id (26-character ULID)");
+        return ExitCode::from(2);
+    };
+    let report = async {
+        let db = startup::migrate(&settings).await.map_err(|e| e.to_string())?;
+        let stock =
+            flashgrab::stock::StockStore::connect(&settings.redis_nodes, &settings.key_prefix, settings.redis_timeout)
+                .await
+                .map_err(|e| format!("redis cluster: {e}"))?;
+        let c = db.get_campaign(&id).await.map_err(|e| e.to_string())?.ok_or_else(|| format!("no campaign {id}"))?;
+        flashgrab::persist::reconcile::reconcile(&stock, &db, &c, repair).await.map_err(|e| e.to_string())
+    };
+    match report.await {
+        Ok(r) => {
+            println!("{r}");
+            if r.matched() { ExitCode::SUCCESS } else { ExitCode::from(1) }
+        }
+        Err(e) => {
+            eprintln!("flashgrab reconcile: {e}");
+            ExitCode::from(3)
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { common } => match load(&common) {
-            Ok(s) => serve(s).await,
+        Command::Serve { common, no_persist, no_relay } => match load(&common) {
+            Ok(mut s) => {
+                s.run_persist = !no_persist;
+                s.run_relay = !no_relay;
+                serve(s).await
+            }
+            Err(code) => code,
+        },
+        Command::Persist { common } => match load(&common) {
+            Ok(s) => persist(s).await,
+            Err(code) => code,
+        },
+        Command::Reconcile { common, campaign, repair } => match load(&common) {
+            Ok(s) => reconcile(s, &campaign, repair).await,
             Err(code) => code,
         },
         Command::Migrate { common } => match load(&common) {
             Ok(s) => match startup::migrate(&s).await {
                 Ok(_) => {
-                    println!(
-                        "migrations applied to {}",
-                        s.mysql_url.rsplit('/').next().unwrap_or("?")
-                    );
+                    println!("migrations applied to {}", s.mysql_url.rsplit('/').next().unwrap_or("?"));
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
@@ -151,8 +224,7 @@ async fn main() -> ExitCode {
             Ok(s) => {
                 println!(
                     "{}",
-                    JwtKeys::new(s.user_jwt_secret.as_bytes())
-                        .sign(&user, chrono::Utc::now().timestamp() + ttl)
+                    JwtKeys::new(s.user_jwt_secret.as_bytes()).sign(&user, chrono::Utc::now().timestamp() + ttl)
                 );
                 ExitCode::SUCCESS
             }

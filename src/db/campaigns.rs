@@ -12,8 +12,7 @@ fn from_row(row: &MySqlRow) -> Result<Campaign> {
     let buckets: String = row.try_get("shard_buckets")?;
     let terms: String = row.try_get("coupon_terms")?;
     Ok(Campaign {
-        id: CampaignId::parse(&id)
-            .ok_or_else(|| DbError::Corrupt(format!("campaign id {id:?}")))?,
+        id: CampaignId::parse(&id).ok_or_else(|| DbError::Corrupt(format!("campaign id {id:?}")))?,
         name: row.try_get("name")?,
         total_stock: row.try_get("total_stock")?,
         per_user_limit: row.try_get("per_user_limit")?,
@@ -56,43 +55,29 @@ impl Db {
 
     pub async fn get_campaign(&self, id: &CampaignId) -> Result<Option<Campaign>> {
         let sql = concat!("SELECT ", columns!(), " FROM campaigns WHERE id = ?");
-        let row = self
-            .run(
-                sqlx::query(sql)
-                    .bind(id.as_str())
-                    .fetch_optional(self.pool()),
-            )
-            .await?;
+        let row = self.run(sqlx::query(sql).bind(id.as_str()).fetch_optional(self.pool())).await?;
         row.as_ref().map(from_row).transpose()
     }
 
     /// Newest first (ids are time-ordered ULIDs), at most `limit`.
     pub async fn list_campaigns(&self, limit: u32) -> Result<Vec<Campaign>> {
-        let sql = concat!(
-            "SELECT ",
-            columns!(),
-            " FROM campaigns ORDER BY id DESC LIMIT ?"
-        );
-        let rows = self
-            .run(sqlx::query(sql).bind(limit).fetch_all(self.pool()))
-            .await?;
+        let sql = concat!("SELECT ", columns!(), " FROM campaigns ORDER BY id DESC LIMIT ?");
+        let rows = self.run(sqlx::query(sql).bind(limit).fetch_all(self.pool())).await?;
         rows.iter().map(from_row).collect()
     }
 
     /// Sets `closed_at` once (the first close wins; later closes are no-ops).
     pub async fn close_campaign(&self, id: &CampaignId, at: DateTime<Utc>) -> Result<()> {
-        let q =
-            sqlx::query("UPDATE campaigns SET closed_at = ? WHERE id = ? AND closed_at IS NULL")
-                .bind(at)
-                .bind(id.as_str());
+        let q = sqlx::query("UPDATE campaigns SET closed_at = ? WHERE id = ? AND closed_at IS NULL")
+            .bind(at)
+            .bind(id.as_str());
         self.run(q.execute(self.pool())).await?;
         Ok(())
     }
 
     /// Coupon rows persisted for a campaign.
     pub async fn count_persisted(&self, id: &CampaignId) -> Result<u64> {
-        let q = sqlx::query("SELECT COUNT(*) AS n FROM coupons WHERE campaign_id = ?")
-            .bind(id.as_str());
+        let q = sqlx::query("SELECT COUNT(*) AS n FROM coupons WHERE campaign_id = ?").bind(id.as_str());
         let row = self.run(q.fetch_one(self.pool())).await?;
         let n: i64 = row.try_get("n")?;
         Ok(n.max(0) as u64)

@@ -4,6 +4,7 @@
 //! client (the HTTP layer logs them and answers 503/500 with no detail).
 
 pub mod campaigns;
+pub mod coupons;
 
 use std::time::Duration;
 
@@ -59,23 +60,15 @@ impl Db {
     }
 
     pub async fn ping(&self) -> Result<()> {
-        self.run(sqlx::query("SELECT 1").execute(&self.pool))
-            .await
-            .map(|_| ())
+        self.run(sqlx::query("SELECT 1").execute(&self.pool)).await.map(|_| ())
     }
 
-    async fn run<T>(
-        &self,
-        fut: impl Future<Output = std::result::Result<T, sqlx::Error>>,
-    ) -> Result<T> {
+    async fn run<T>(&self, fut: impl Future<Output = std::result::Result<T, sqlx::Error>>) -> Result<T> {
         bounded(self.timeout, fut).await
     }
 }
 
-async fn bounded<T>(
-    timeout: Duration,
-    fut: impl Future<Output = std::result::Result<T, sqlx::Error>>,
-) -> Result<T> {
+async fn bounded<T>(timeout: Duration, fut: impl Future<Output = std::result::Result<T, sqlx::Error>>) -> Result<T> {
     match tokio::time::timeout(timeout, fut).await {
         Ok(r) => Ok(r?),
         Err(_) => Err(DbError::Timeout(timeout)),

@@ -33,10 +33,7 @@ pub struct ValidationError {
 
 impl ValidationError {
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            message: message.into(),
-        }
+        Self { field: field.into(), message: message.into() }
     }
 }
 
@@ -139,36 +136,25 @@ pub struct NewCampaign {
 fn parse_time(field: &str, s: &str) -> Result<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(s)
         .map(|t| t.with_timezone(&Utc))
-        .map_err(|_| {
-            ValidationError::new(field, "must be an RFC 3339 time, e.g. 2026-11-21T20:00:00Z")
-        })
+        .map_err(|_| ValidationError::new(field, "must be an RFC 3339 time, e.g. 2026-11-21T20:00:00Z"))
 }
 
 fn in_range(field: &str, v: i64, lo: i64, hi: i64) -> Result<i64> {
     if (lo..=hi).contains(&v) {
         Ok(v)
     } else {
-        Err(ValidationError::new(
-            field,
-            format!("must be between {lo} and {hi}"),
-        ))
+        Err(ValidationError::new(field, format!("must be between {lo} and {hi}")))
     }
 }
 
 fn ref_ids(field: &str, ids: Option<Vec<String>>) -> Result<Vec<String>> {
     let ids = ids.unwrap_or_default();
     if ids.len() > MAX_APPLIES_TO_IDS {
-        return Err(ValidationError::new(
-            field,
-            format!("at most {MAX_APPLIES_TO_IDS} ids"),
-        ));
+        return Err(ValidationError::new(field, format!("at most {MAX_APPLIES_TO_IDS} ids")));
     }
     for id in &ids {
         if id.is_empty() || id.len() > MAX_REF_ID_LEN || id.chars().any(char::is_control) {
-            return Err(ValidationError::new(
-                field,
-                format!("each id must be 1..={MAX_REF_ID_LEN} printable bytes"),
-            ));
+            return Err(ValidationError::new(field, format!("each id must be 1..={MAX_REF_ID_LEN} printable bytes")));
         }
     }
     Ok(ids)
@@ -179,22 +165,13 @@ impl DiscountRequest {
         match self.kind.as_str() {
             "fixed" => {
                 if self.percent.is_some() {
-                    return Err(ValidationError::new(
-                        "coupon.discount.percent",
-                        "not allowed for a fixed discount",
-                    ));
+                    return Err(ValidationError::new("coupon.discount.percent", "not allowed for a fixed discount"));
                 }
                 if self.max_cents.is_some() {
-                    return Err(ValidationError::new(
-                        "coupon.discount.max_cents",
-                        "not allowed for a fixed discount",
-                    ));
+                    return Err(ValidationError::new("coupon.discount.max_cents", "not allowed for a fixed discount"));
                 }
                 let amount = self.amount_cents.ok_or_else(|| {
-                    ValidationError::new(
-                        "coupon.discount.amount_cents",
-                        "required for a fixed discount",
-                    )
+                    ValidationError::new("coupon.discount.amount_cents", "required for a fixed discount")
                 })?;
                 let amount_cents = in_range("coupon.discount.amount_cents", amount, 1, MAX_CENTS)?;
                 Ok(Discount::Fixed { amount_cents })
@@ -207,22 +184,14 @@ impl DiscountRequest {
                     ));
                 }
                 let percent = self.percent.ok_or_else(|| {
-                    ValidationError::new(
-                        "coupon.discount.percent",
-                        "required for a percent discount",
-                    )
+                    ValidationError::new("coupon.discount.percent", "required for a percent discount")
                 })?;
                 let percent = in_range("coupon.discount.percent", percent, 1, 100)?;
-                let max_cents = self
-                    .max_cents
-                    .map(|m| in_range("coupon.discount.max_cents", m, 1, MAX_CENTS))
-                    .transpose()?;
+                let max_cents =
+                    self.max_cents.map(|m| in_range("coupon.discount.max_cents", m, 1, MAX_CENTS)).transpose()?;
                 Ok(Discount::Percent { percent, max_cents })
             }
-            _ => Err(ValidationError::new(
-                "coupon.discount.type",
-                "must be \"fixed\" or \"percent\"",
-            )),
+            _ => Err(ValidationError::new("coupon.discount.type", "must be \"fixed\" or \"percent\"")),
         }
     }
 }
@@ -233,24 +202,13 @@ impl CreateCampaignRequest {
     pub fn validate(self, now: DateTime<Utc>) -> Result<NewCampaign> {
         let name = self.name.trim();
         if name.is_empty() || name.chars().count() > MAX_NAME_CHARS {
-            return Err(ValidationError::new(
-                "name",
-                format!("must be 1..={MAX_NAME_CHARS} characters, not blank"),
-            ));
+            return Err(ValidationError::new("name", format!("must be 1..={MAX_NAME_CHARS} characters, not blank")));
         }
         if self.name.chars().any(char::is_control) {
-            return Err(ValidationError::new(
-                "name",
-                "must not contain control characters",
-            ));
+            return Err(ValidationError::new("name", "must not contain control characters"));
         }
         let total_stock = in_range("total_stock", self.total_stock, 1, MAX_TOTAL_STOCK)?;
-        let per_user_limit = in_range(
-            "per_user_limit",
-            self.per_user_limit.unwrap_or(1),
-            1,
-            MAX_PER_USER_LIMIT,
-        )?;
+        let per_user_limit = in_range("per_user_limit", self.per_user_limit.unwrap_or(1), 1, MAX_PER_USER_LIMIT)?;
         let starts_at = parse_time("starts_at", &self.starts_at)?;
         let ends_at = parse_time("ends_at", &self.ends_at)?;
         if ends_at <= starts_at {
@@ -264,10 +222,7 @@ impl CreateCampaignRequest {
             Some(s) => {
                 let s = in_range("shards", s, 1, MAX_SHARDS)?;
                 if s > total_stock {
-                    return Err(ValidationError::new(
-                        "shards",
-                        "must not exceed total_stock",
-                    ));
+                    return Err(ValidationError::new("shards", "must not exceed total_stock"));
                 }
                 Some(s as u32)
             }
@@ -275,12 +230,7 @@ impl CreateCampaignRequest {
 
         let c = self.coupon;
         let discount = c.discount.validate()?;
-        let min_spend_cents = in_range(
-            "coupon.min_spend_cents",
-            c.min_spend_cents.unwrap_or(0),
-            0,
-            MAX_CENTS,
-        )?;
+        let min_spend_cents = in_range("coupon.min_spend_cents", c.min_spend_cents.unwrap_or(0), 0, MAX_CENTS)?;
         let applies_to = match c.applies_to {
             None => AppliesTo::default(),
             Some(a) => AppliesTo {
@@ -288,11 +238,7 @@ impl CreateCampaignRequest {
                 category_ids: ref_ids("coupon.applies_to.category_ids", a.category_ids)?,
             },
         };
-        let valid_from = c
-            .valid_from
-            .as_deref()
-            .map(|s| parse_time("coupon.valid_from", s))
-            .transpose()?;
+        let valid_from = c.valid_from.as_deref().map(|s| parse_time("coupon.valid_from", s)).transpose()?;
         let (valid_for_days, valid_until) = match (c.valid_for_days, c.valid_until) {
             (Some(_), Some(_)) => {
                 return Err(ValidationError::new(
@@ -306,30 +252,16 @@ impl CreateCampaignRequest {
                     "one of valid_until or valid_for_days is required",
                 ));
             }
-            (Some(days), None) => (
-                Some(in_range(
-                    "coupon.valid_for_days",
-                    days,
-                    1,
-                    MAX_VALID_FOR_DAYS,
-                )?),
-                None,
-            ),
+            (Some(days), None) => (Some(in_range("coupon.valid_for_days", days, 1, MAX_VALID_FOR_DAYS)?), None),
             (None, Some(until)) => {
                 let until = parse_time("coupon.valid_until", &until)?;
                 if until <= starts_at {
-                    return Err(ValidationError::new(
-                        "coupon.valid_until",
-                        "must be after starts_at",
-                    ));
+                    return Err(ValidationError::new("coupon.valid_until", "must be after starts_at"));
                 }
                 if let Some(from) = valid_from
                     && from >= until
                 {
-                    return Err(ValidationError::new(
-                        "coupon.valid_from",
-                        "must be before valid_until",
-                    ));
+                    return Err(ValidationError::new("coupon.valid_from", "must be before valid_until"));
                 }
                 (None, Some(until))
             }
@@ -342,14 +274,7 @@ impl CreateCampaignRequest {
             starts_at,
             ends_at,
             shards,
-            coupon: CouponTerms {
-                discount,
-                min_spend_cents,
-                applies_to,
-                valid_for_days,
-                valid_until,
-                valid_from,
-            },
+            coupon: CouponTerms { discount, min_spend_cents, applies_to, valid_for_days, valid_until, valid_from },
         })
     }
 }
@@ -443,8 +368,7 @@ mod tests {
     }
 
     fn req(json: serde_json::Value) -> std::result::Result<NewCampaign, String> {
-        let r: CreateCampaignRequest =
-            serde_json::from_value(json).map_err(|e| format!("serde: {e}"))?;
+        let r: CreateCampaignRequest = serde_json::from_value(json).map_err(|e| format!("serde: {e}"))?;
         r.validate(now()).map_err(|e| e.field)
     }
 
@@ -489,47 +413,17 @@ mod tests {
             (with(&["shards"], json!(0)), "shards"),
             (with(&["shards"], json!(1025)), "shards"),
             (with(&["shards"], json!(101)), "shards"),
+            (with(&["coupon", "discount", "type"], json!("bogus")), "coupon.discount.type"),
+            (with(&["coupon", "discount", "amount_cents"], json!(0)), "coupon.discount.amount_cents"),
+            (with(&["coupon", "discount"], json!({"type": "percent", "percent": 101})), "coupon.discount.percent"),
+            (with(&["coupon", "discount"], json!({"type": "percent", "percent": 0})), "coupon.discount.percent"),
             (
-                with(&["coupon", "discount", "type"], json!("bogus")),
-                "coupon.discount.type",
-            ),
-            (
-                with(&["coupon", "discount", "amount_cents"], json!(0)),
-                "coupon.discount.amount_cents",
-            ),
-            (
-                with(
-                    &["coupon", "discount"],
-                    json!({"type": "percent", "percent": 101}),
-                ),
-                "coupon.discount.percent",
-            ),
-            (
-                with(
-                    &["coupon", "discount"],
-                    json!({"type": "percent", "percent": 0}),
-                ),
-                "coupon.discount.percent",
-            ),
-            (
-                with(
-                    &["coupon", "discount"],
-                    json!({"type": "percent", "percent": 10, "max_cents": 0}),
-                ),
+                with(&["coupon", "discount"], json!({"type": "percent", "percent": 10, "max_cents": 0})),
                 "coupon.discount.max_cents",
             ),
-            (
-                with(&["coupon", "min_spend_cents"], json!(-1)),
-                "coupon.min_spend_cents",
-            ),
-            (
-                with(&["coupon", "valid_for_days"], json!(3651)),
-                "coupon.valid_for_days",
-            ),
-            (
-                with(&["coupon", "valid_until"], json!("2026-12-01T00:00:00Z")),
-                "coupon.valid_until",
-            ),
+            (with(&["coupon", "min_spend_cents"], json!(-1)), "coupon.min_spend_cents"),
+            (with(&["coupon", "valid_for_days"], json!(3651)), "coupon.valid_for_days"),
+            (with(&["coupon", "valid_until"], json!("2026-12-01T00:00:00Z")), "coupon.valid_until"),
         ];
         for (body, field) in cases {
             assert_eq!(req(body.clone()), Err(field.to_owned()), "{body}");

@@ -49,55 +49,27 @@ pub async fn create(
     JsonBody(req): JsonBody<CreateCampaignRequest>,
 ) -> Result<Response, ApiError> {
     let now = Utc::now();
-    let new = req
-        .validate(now)
-        .map_err(|e| ApiError::invalid(e.field, e.message))?;
+    let new = req.validate(now).map_err(|e| ApiError::invalid(e.field, e.message))?;
     let view = s.campaigns.create(new, now).await?;
     Ok((StatusCode::CREATED, Json(campaign_json(&view))).into_response())
 }
 
 pub async fn list(State(s): State<AppState>, _: Admin) -> Result<Json<Value>, ApiError> {
     let views = s.campaigns.list(Utc::now()).await?;
-    Ok(Json(
-        json!({ "campaigns": views.iter().map(campaign_json).collect::<Vec<_>>() }),
-    ))
+    Ok(Json(json!({ "campaigns": views.iter().map(campaign_json).collect::<Vec<_>>() })))
 }
 
-pub async fn get_one(
-    State(s): State<AppState>,
-    _: Admin,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    let view = s
-        .campaigns
-        .get(&campaign_id(&id)?, Utc::now())
-        .await?
-        .ok_or(ApiError::CampaignNotFound)?;
+pub async fn get_one(State(s): State<AppState>, _: Admin, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let view = s.campaigns.get(&campaign_id(&id)?, Utc::now()).await?.ok_or(ApiError::CampaignNotFound)?;
     Ok(Json(campaign_json(&view)))
 }
 
-pub async fn close(
-    State(s): State<AppState>,
-    _: Admin,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    let view = s
-        .campaigns
-        .close(&campaign_id(&id)?, Utc::now())
-        .await?
-        .ok_or(ApiError::CampaignNotFound)?;
+pub async fn close(State(s): State<AppState>, _: Admin, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let view = s.campaigns.close(&campaign_id(&id)?, Utc::now()).await?.ok_or(ApiError::CampaignNotFound)?;
     Ok(Json(campaign_json(&view)))
 }
 
-pub async fn stats(
-    State(s): State<AppState>,
-    _: Admin,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    let st = s
-        .campaigns
-        .stats(&campaign_id(&id)?, Utc::now())
-        .await?
-        .ok_or(ApiError::CampaignNotFound)?;
+pub async fn stats(State(s): State<AppState>, _: Admin, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let st = s.campaigns.stats(&campaign_id(&id)?, Utc::now()).await?.ok_or(ApiError::CampaignNotFound)?;
     Ok(Json(stats_json(&st)))
 }

@@ -31,10 +31,7 @@ pub async fn claim(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = CampaignId::parse(&id).ok_or(ApiError::CampaignNotFound)?;
-    let result = s
-        .claims
-        .claim(&id, &user, key.as_deref(), Utc::now())
-        .await?;
+    let result = s.claims.claim(&id, &user, key.as_deref(), Utc::now()).await?;
     match result {
         ClaimResult::Granted(c) => Ok((StatusCode::CREATED, Json(coupon_json(&c))).into_response()),
         ClaimResult::Replayed(c) => Ok((StatusCode::OK, Json(coupon_json(&c))).into_response()),
@@ -43,9 +40,7 @@ pub async fn claim(
         ClaimResult::NotStarted { starts_at } => Err(ApiError::NotStarted { starts_at }),
         ClaimResult::Ended => Err(ApiError::Ended),
         ClaimResult::SoldOut => Err(ApiError::SoldOut),
-        ClaimResult::Busy => Err(ApiError::Unavailable {
-            retry_after_secs: 1,
-        }),
+        ClaimResult::Busy => Err(ApiError::Unavailable { retry_after_secs: 1 }),
         ClaimResult::CampaignNotFound => Err(ApiError::CampaignNotFound),
     }
 }
@@ -69,10 +64,7 @@ pub async fn my_coupons(
         Some("redeemed") => Some(CouponStatus::Redeemed),
         Some("expired") => Some(CouponStatus::Expired),
         Some(_) => {
-            return Err(ApiError::invalid(
-                "status",
-                "must be claimed, redeemed or expired",
-            ));
+            return Err(ApiError::invalid("status", "must be claimed, redeemed or expired"));
         }
     };
     let campaign = match q.campaign_id.as_deref() {
@@ -83,13 +75,8 @@ pub async fn my_coupons(
             None => return Ok(Json(json!({ "coupons": [] }))),
         },
     };
-    let coupons = s
-        .claims
-        .my_coupons(&user, campaign.as_ref(), status, Utc::now())
-        .await?;
-    Ok(Json(
-        json!({ "coupons": coupons.iter().map(coupon_json).collect::<Vec<_>>() }),
-    ))
+    let coupons = s.claims.my_coupons(&user, campaign.as_ref(), status, Utc::now()).await?;
+    Ok(Json(json!({ "coupons": coupons.iter().map(coupon_json).collect::<Vec<_>>() })))
 }
 
 pub async fn my_coupon(
@@ -98,10 +85,6 @@ pub async fn my_coupon(
     Path(coupon_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let id = CouponId::parse(&coupon_id).ok_or(ApiError::CouponNotFound)?;
-    let c = s
-        .claims
-        .my_coupon(&user, &id, Utc::now())
-        .await?
-        .ok_or(ApiError::CouponNotFound)?;
+    let c = s.claims.my_coupon(&user, &id, Utc::now()).await?.ok_or(ApiError::CouponNotFound)?;
     Ok(Json(coupon_json(&c)))
 }

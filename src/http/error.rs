@@ -35,10 +35,7 @@ pub enum ApiError {
 
 impl ApiError {
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
-        ApiError::InvalidRequest {
-            field: field.into(),
-            message: message.into(),
-        }
+        ApiError::InvalidRequest { field: field.into(), message: message.into() }
     }
 
     fn parts(&self) -> (StatusCode, &'static str, String, Map<String, Value>) {
@@ -46,17 +43,11 @@ impl ApiError {
         let (status, code, message) = match self {
             ApiError::InvalidRequest { field, message } => {
                 d.insert("field".into(), json!(field));
-                (
-                    StatusCode::BAD_REQUEST,
-                    "invalid_request",
-                    format!("{field}: {message}"),
-                )
+                (StatusCode::BAD_REQUEST, "invalid_request", format!("{field}: {message}"))
             }
-            ApiError::PayloadTooLarge => (
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                "request bodies are limited to 64 KiB".into(),
-            ),
+            ApiError::PayloadTooLarge => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "request bodies are limited to 64 KiB".into())
+            }
             ApiError::UnsupportedMediaType => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",
@@ -67,71 +58,33 @@ impl ApiError {
                 "unauthorized",
                 "missing or invalid Authorization: Bearer credentials".into(),
             ),
-            ApiError::NotFound => (
-                StatusCode::NOT_FOUND,
-                "not_found",
-                "no such endpoint".into(),
-            ),
-            ApiError::MethodNotAllowed => (
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                "method not allowed on this endpoint".into(),
-            ),
-            ApiError::CampaignNotFound => (
-                StatusCode::NOT_FOUND,
-                "campaign_not_found",
-                "no such campaign".into(),
-            ),
-            ApiError::CouponNotFound => (
-                StatusCode::NOT_FOUND,
-                "coupon_not_found",
-                "no such coupon".into(),
-            ),
+            ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found", "no such endpoint".into()),
+            ApiError::MethodNotAllowed => {
+                (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this endpoint".into())
+            }
+            ApiError::CampaignNotFound => (StatusCode::NOT_FOUND, "campaign_not_found", "no such campaign".into()),
+            ApiError::CouponNotFound => (StatusCode::NOT_FOUND, "coupon_not_found", "no such coupon".into()),
             ApiError::NotStarted { starts_at } => {
                 d.insert("starts_at".into(), json!(rfc3339(*starts_at)));
-                (
-                    StatusCode::CONFLICT,
-                    "not_started",
-                    "the campaign has not started yet".into(),
-                )
+                (StatusCode::CONFLICT, "not_started", "the campaign has not started yet".into())
             }
             ApiError::AlreadyClaimed { coupon_id } => {
                 d.insert("coupon_id".into(), json!(coupon_id));
-                (
-                    StatusCode::CONFLICT,
-                    "already_claimed",
-                    "you already hold a coupon of this campaign".into(),
-                )
+                (StatusCode::CONFLICT, "already_claimed", "you already hold a coupon of this campaign".into())
             }
             ApiError::LimitReached { coupon_ids } => {
                 d.insert("coupon_ids".into(), json!(coupon_ids));
-                (
-                    StatusCode::CONFLICT,
-                    "limit_reached",
-                    "you hold as many coupons of this campaign as allowed".into(),
-                )
+                (StatusCode::CONFLICT, "limit_reached", "you hold as many coupons of this campaign as allowed".into())
             }
-            ApiError::SoldOut => (
-                StatusCode::GONE,
-                "sold_out",
-                "the campaign is sold out".into(),
-            ),
+            ApiError::SoldOut => (StatusCode::GONE, "sold_out", "the campaign is sold out".into()),
             ApiError::Ended => (StatusCode::GONE, "ended", "the campaign has ended".into()),
-            ApiError::RateLimited { .. } => (
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                "too many requests, retry later".into(),
-            ),
-            ApiError::Unavailable { .. } => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "temporarily unavailable, retry later".into(),
-            ),
-            ApiError::Internal => (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "internal error".into(),
-            ),
+            ApiError::RateLimited { .. } => {
+                (StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many requests, retry later".into())
+            }
+            ApiError::Unavailable { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, "unavailable", "temporarily unavailable, retry later".into())
+            }
+            ApiError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error".into()),
         };
         (status, code, message, d)
     }
@@ -141,9 +94,7 @@ impl From<ServiceError> for ApiError {
     fn from(e: ServiceError) -> Self {
         if e.is_unavailable() {
             tracing::warn!(error = %e, "backend unavailable");
-            ApiError::Unavailable {
-                retry_after_secs: 1,
-            }
+            ApiError::Unavailable { retry_after_secs: 1 }
         } else {
             tracing::error!(error = %e, "internal error");
             ApiError::Internal
@@ -157,11 +108,8 @@ impl IntoResponse for ApiError {
         body.insert("error".into(), json!(code));
         body.insert("message".into(), json!(message));
         let mut resp = (status, Json(Value::Object(body))).into_response();
-        if let ApiError::RateLimited { retry_after_secs }
-        | ApiError::Unavailable { retry_after_secs } = self
-        {
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+        if let ApiError::RateLimited { retry_after_secs } | ApiError::Unavailable { retry_after_secs } = self {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
         }
         resp
     }

@@ -20,10 +20,7 @@ pub struct JsonBody<T>(pub T);
 /// name is taken from the message.
 fn field_of(path: &str, message: &str) -> String {
     let named = ["unknown field `", "missing field `"].iter().find_map(|p| {
-        message
-            .split_once(p)
-            .and_then(|(_, rest)| rest.split_once('`'))
-            .map(|(name, _)| name.to_owned())
+        message.split_once(p).and_then(|(_, rest)| rest.split_once('`')).map(|(name, _)| name.to_owned())
     });
     let path = if path == "." { "" } else { path };
     match named {
@@ -45,11 +42,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         let message = inner.to_string();
         // Never echo serde's "expected one of ..." lists of internals back
         // verbatim beyond the first clause.
-        let short = message
-            .split(", expected")
-            .next()
-            .unwrap_or(&message)
-            .to_owned();
+        let short = message.split(", expected").next().unwrap_or(&message).to_owned();
         ApiError::invalid(field_of(&path, &message), short)
     })?;
     Ok(value)
@@ -95,10 +88,7 @@ pub struct Admin;
 impl FromRequestParts<AppState> for Admin {
     type Rejection = ApiError;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         match bearer(parts) {
             Some(t) if token_eq(t.as_bytes(), state.admin_token.as_bytes()) => Ok(Admin),
             _ => Err(ApiError::Unauthorized),
@@ -112,10 +102,7 @@ pub struct User(pub UserId);
 impl FromRequestParts<AppState> for User {
     type Rejection = ApiError;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let token = bearer(parts).ok_or(ApiError::Unauthorized)?;
         let now = chrono::Utc::now().timestamp();
         state.jwt.verify(token, now).map(User).map_err(|e| {
@@ -135,8 +122,7 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
         let Some(v) = parts.headers.get("idempotency-key") else {
             return Ok(IdempotencyKey(None));
         };
-        let bad =
-            || ApiError::invalid("Idempotency-Key", "must be 1..=64 visible ASCII characters");
+        let bad = || ApiError::invalid("Idempotency-Key", "must be 1..=64 visible ASCII characters");
         let s = v.to_str().map_err(|_| bad())?;
         if s.is_empty() || s.len() > 64 || !s.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(bad());
@@ -151,24 +137,12 @@ mod tests {
 
     #[test]
     fn fields_are_named() {
-        assert_eq!(
-            field_of(".", "unknown field `total_stok`, expected one of ..."),
-            "total_stok"
-        );
-        assert_eq!(
-            field_of("coupon", "unknown field `x`, expected ..."),
-            "coupon.x"
-        );
-        assert_eq!(
-            field_of("coupon.x", "unknown field `x`, expected ..."),
-            "coupon.x"
-        );
+        assert_eq!(field_of(".", "unknown field `total_stok`, expected one of ..."), "total_stok");
+        assert_eq!(field_of("coupon", "unknown field `x`, expected ..."), "coupon.x");
+        assert_eq!(field_of("coupon.x", "unknown field `x`, expected ..."), "coupon.x");
         assert_eq!(field_of("x", "unknown field `x`, expected ..."), "x");
         assert_eq!(field_of(".", "missing field `name`"), "name");
-        assert_eq!(
-            field_of("total_stock", "invalid type: string \"a\", expected i64"),
-            "total_stock"
-        );
+        assert_eq!(field_of("total_stock", "invalid type: string \"a\", expected i64"), "total_stock");
         assert_eq!(field_of(".", "expected value at line 1 column 1"), "body");
     }
 }

@@ -43,6 +43,8 @@ pub struct AppInner {
     pub stock: StockStore,
     pub db: Db,
     pub amqp: AmqpProbe,
+    /// Counters of the outbox relay and persist worker of this process.
+    pub metrics: std::sync::Arc<crate::metrics::PipelineMetrics>,
 }
 
 impl std::ops::Deref for AppState {
@@ -72,21 +74,14 @@ async fn refuse_large_bodies(req: Request, next: Next) -> Response {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
         .is_some_and(|n| n > BODY_LIMIT as u64);
-    if too_big {
-        ApiError::PayloadTooLarge.into_response()
-    } else {
-        next.run(req).await
-    }
+    if too_big { ApiError::PayloadTooLarge.into_response() } else { next.run(req).await }
 }
 
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
-        .route(
-            "/v1/campaigns",
-            post(campaigns::create).get(campaigns::list),
-        )
+        .route("/v1/campaigns", post(campaigns::create).get(campaigns::list))
         .route("/v1/campaigns/{id}", get(campaigns::get_one))
         .route("/v1/campaigns/{id}/close", post(campaigns::close))
         .route("/v1/campaigns/{id}/stats", get(campaigns::stats))

@@ -13,10 +13,6 @@ pub async fn healthz() -> &'static str {
 
 pub async fn readyz(State(s): State<AppState>) -> Response {
     let r = crate::health::readiness(&s.stock, &s.amqp, &s.db).await;
-    let status = if r.ok() {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
+    let status = if r.ok() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(r)).into_response()
 }

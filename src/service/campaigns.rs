@@ -56,10 +56,7 @@ struct CampaignCache {
 impl CampaignCache {
     fn get(&self, id: &CampaignId) -> Option<Arc<Campaign>> {
         let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
-        entries
-            .get(id)
-            .filter(|(at, _)| at.elapsed() < self.ttl)
-            .map(|(_, c)| c.clone())
+        entries.get(id).filter(|(at, _)| at.elapsed() < self.ttl).map(|(_, c)| c.clone())
     }
 
     fn put(&self, c: Arc<Campaign>) {
@@ -74,40 +71,26 @@ impl CampaignCache {
     }
 
     fn forget(&self, id: &CampaignId) {
-        self.entries
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(id);
+        self.entries.write().unwrap_or_else(|e| e.into_inner()).remove(id);
     }
 }
 
 /// Stable seed from the campaign id, to rotate shard placement.
 fn seed_of(id: &CampaignId) -> u64 {
-    id.as_str().bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-    })
+    id.as_str().bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
 }
 
 impl CampaignService {
     pub fn new(db: Db, stock: StockStore, cache_ttl: Duration) -> Self {
-        Self {
-            db,
-            stock,
-            cache: Arc::new(CampaignCache {
-                ttl: cache_ttl,
-                entries: RwLock::new(HashMap::new()),
-            }),
-        }
+        Self { db, stock, cache: Arc::new(CampaignCache { ttl: cache_ttl, entries: RwLock::new(HashMap::new()) }) }
     }
 
     pub async fn create(&self, new: NewCampaign, now: DateTime<Utc>) -> Result<CampaignView> {
         let id = CampaignId::generate();
         let map = self.stock.slot_map().await?;
-        let shards = new
-            .shards
-            .unwrap_or_else(|| default_shards(new.total_stock, map.masters().len()));
-        let shard_buckets = place_shards(self.stock.keys(), &map, shards, seed_of(&id))
-            .map_err(crate::stock::StockError::from)?;
+        let shards = new.shards.unwrap_or_else(|| default_shards(new.total_stock, map.masters().len()));
+        let shard_buckets =
+            place_shards(self.stock.keys(), &map, shards, seed_of(&id)).map_err(crate::stock::StockError::from)?;
         let campaign = Campaign {
             id,
             name: new.name,
@@ -144,13 +127,7 @@ impl CampaignService {
 
     async fn view(&self, campaign: Arc<Campaign>, now: DateTime<Utc>) -> Result<CampaignView> {
         let live = campaign.status_at(now, false) == CampaignStatus::Live;
-        let sold_out = live
-            && self
-                .stock
-                .shard_stats(&campaign)
-                .await?
-                .iter()
-                .all(|s| s.remaining == 0);
+        let sold_out = live && self.stock.shard_stats(&campaign).await?.iter().all(|s| s.remaining == 0);
         let status = campaign.status_at(now, sold_out);
         Ok(CampaignView { campaign, status })
     }
@@ -170,13 +147,7 @@ impl CampaignService {
 
     /// Terms of the newest campaigns, without touching Redis.
     pub async fn list_terms(&self) -> Result<Vec<Arc<Campaign>>> {
-        Ok(self
-            .db
-            .list_campaigns(LIST_LIMIT)
-            .await?
-            .into_iter()
-            .map(Arc::new)
-            .collect())
+        Ok(self.db.list_campaigns(LIST_LIMIT).await?.into_iter().map(Arc::new).collect())
     }
 
     /// Ends the campaign now; closing a closed campaign changes nothing.
@@ -191,26 +162,18 @@ impl CampaignService {
         self.get(id, now).await
     }
 
-    pub async fn stats(
-        &self,
-        id: &CampaignId,
-        now: DateTime<Utc>,
-    ) -> Result<Option<CampaignStats>> {
+    pub async fn stats(&self, id: &CampaignId, now: DateTime<Utc>) -> Result<Option<CampaignStats>> {
         let Some(c) = self.db.get_campaign(id).await? else {
             return Ok(None);
         };
         let c = Arc::new(c);
-        let (shards, persisted) =
-            tokio::join!(self.stock.shard_stats(&c), self.db.count_persisted(id));
+        let (shards, persisted) = tokio::join!(self.stock.shard_stats(&c), self.db.count_persisted(id));
         let shards = shards?;
         let remaining = shards.iter().map(|s| s.remaining).sum();
         let claimed = shards.iter().map(|s| s.claimed).sum();
         let status = c.status_at(now, remaining == 0);
         Ok(Some(CampaignStats {
-            view: CampaignView {
-                campaign: c,
-                status,
-            },
+            view: CampaignView { campaign: c, status },
             remaining,
             claimed,
             persisted: persisted?,

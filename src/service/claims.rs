@@ -44,11 +44,7 @@ impl CouponView {
             id: record.id.clone(),
             campaign_id: record.campaign_id.clone(),
             user_id: record.user_id.clone(),
-            status: if now >= valid_until {
-                CouponStatus::Expired
-            } else {
-                CouponStatus::Claimed
-            },
+            status: if now >= valid_until { CouponStatus::Expired } else { CouponStatus::Claimed },
             claimed_at: record.claimed_at(),
             valid_from: record.valid_from(),
             valid_until,
@@ -104,22 +100,17 @@ impl ClaimService {
             return Ok(ClaimResult::CampaignNotFound);
         };
         let coupon = CouponId::generate();
-        let outcome = self
-            .stock
-            .claim(&campaign, user, &coupon, idempotency_key)
-            .await?;
+        let outcome = self.stock.claim(&campaign, user, &coupon, idempotency_key).await?;
         Ok(match outcome {
             ClaimOutcome::Granted(r) => ClaimResult::Granted(CouponView::new(&r, &campaign, now)),
             ClaimOutcome::Replayed(r) => ClaimResult::Replayed(CouponView::new(&r, &campaign, now)),
             ClaimOutcome::Holding(ids) if campaign.per_user_limit == 1 => {
-                ClaimResult::AlreadyClaimed {
-                    coupon_id: ids.into_iter().next().unwrap_or_default(),
-                }
+                ClaimResult::AlreadyClaimed { coupon_id: ids.into_iter().next().unwrap_or_default() }
             }
             ClaimOutcome::Holding(coupon_ids) => ClaimResult::LimitReached { coupon_ids },
-            ClaimOutcome::NotStarted { starts_ms } => ClaimResult::NotStarted {
-                starts_at: crate::domain::coupon::from_ms(starts_ms),
-            },
+            ClaimOutcome::NotStarted { starts_ms } => {
+                ClaimResult::NotStarted { starts_at: crate::domain::coupon::from_ms(starts_ms) }
+            }
             ClaimOutcome::Ended => ClaimResult::Ended,
             ClaimOutcome::SoldOut => ClaimResult::SoldOut,
             ClaimOutcome::Contended => ClaimResult::Busy,
@@ -148,18 +139,10 @@ impl ClaimService {
         let mut out: Vec<CouponView> = campaigns
             .iter()
             .zip(per_campaign)
-            .flat_map(|(c, records)| {
-                records
-                    .into_iter()
-                    .map(move |r| CouponView::new(&r, c, now))
-            })
+            .flat_map(|(c, records)| records.into_iter().map(move |r| CouponView::new(&r, c, now)))
             .filter(|v| status.is_none_or(|s| v.status == s))
             .collect();
-        out.sort_by(|a, b| {
-            b.claimed_at
-                .cmp(&a.claimed_at)
-                .then_with(|| b.id.cmp(&a.id))
-        });
+        out.sort_by(|a, b| b.claimed_at.cmp(&a.claimed_at).then_with(|| b.id.cmp(&a.id)));
         Ok(out)
     }
 
@@ -169,10 +152,6 @@ impl ClaimService {
         coupon_id: &CouponId,
         now: DateTime<Utc>,
     ) -> Result<Option<CouponView>> {
-        Ok(self
-            .my_coupons(user, None, None, now)
-            .await?
-            .into_iter()
-            .find(|c| c.id == coupon_id.as_str()))
+        Ok(self.my_coupons(user, None, None, now).await?.into_iter().find(|c| c.id == coupon_id.as_str()))
     }
 }

@@ -23,11 +23,11 @@ impl ServiceError {
     /// True for a backend that is down or slow (retry later: 503), false for
     /// a bug or corrupt data (500).
     pub fn is_unavailable(&self) -> bool {
-        match self {
-            ServiceError::Stock(StockError::Redis(_) | StockError::Timeout(_)) => true,
-            ServiceError::Db(DbError::Sql(_) | DbError::Timeout(_)) => true,
-            _ => false,
-        }
+        matches!(
+            self,
+            ServiceError::Stock(StockError::Redis(_) | StockError::Timeout(_))
+                | ServiceError::Db(DbError::Sql(_) | DbError::Timeout(_))
+        )
     }
 }
 

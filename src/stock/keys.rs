@@ -34,11 +34,7 @@ pub fn crc16(data: &[u8]) -> u16 {
     for &b in data {
         crc ^= u16::from(b) << 8;
         for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 {
-                (crc << 1) ^ 0x1021
-            } else {
-                crc << 1
-            };
+            crc = if crc & 0x8000 != 0 { (crc << 1) ^ 0x1021 } else { crc << 1 };
         }
     }
     crc
@@ -77,10 +73,7 @@ impl KeyLayout {
                     .expect("a 1/64 slice of the slot space is hit within a few thousand tries")
             })
             .collect();
-        Self {
-            prefix: prefix.to_owned(),
-            bucket_tags,
-        }
+        Self { prefix: prefix.to_owned(), bucket_tags }
     }
 
     pub fn prefix(&self) -> &str {
@@ -103,10 +96,7 @@ impl KeyLayout {
 
     /// Keys of one shard of a campaign placed in `bucket`.
     pub fn shard(&self, bucket: u16, campaign: &str, shard: u32) -> ShardKeys {
-        let base = format!(
-            "{{{}}}:c:{campaign}:{shard}",
-            self.bucket_tags[usize::from(bucket)]
-        );
+        let base = format!("{{{}}}:c:{campaign}:{shard}", self.bucket_tags[usize::from(bucket)]);
         ShardKeys {
             holders: format!("{base}:h"),
             coupons: format!("{base}:cp"),

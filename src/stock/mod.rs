@@ -132,12 +132,7 @@ impl StockStore {
         let conn = tokio::time::timeout(timeout * 2, client.get_async_connection())
             .await
             .map_err(|_| StockError::Timeout(timeout * 2))??;
-        Ok(Self {
-            conn,
-            keys: KeyLayout::new(prefix),
-            scripts: Scripts::new(),
-            timeout,
-        })
+        Ok(Self { conn, keys: KeyLayout::new(prefix), scripts: Scripts::new(), timeout })
     }
 
     pub fn keys(&self) -> &KeyLayout {
@@ -160,9 +155,7 @@ impl StockStore {
     /// `cluster_state:ok` as seen by the node that answers.
     pub async fn ping(&self) -> Result<()> {
         let mut c = self.conn.clone();
-        let info: String = self
-            .bounded(redis::cmd("CLUSTER").arg("INFO").query_async(&mut c))
-            .await?;
+        let info: String = self.bounded(redis::cmd("CLUSTER").arg("INFO").query_async(&mut c)).await?;
         if info.lines().any(|l| l.trim() == "cluster_state:ok") {
             Ok(())
         } else {
@@ -173,15 +166,12 @@ impl StockStore {
     /// The live slot map.
     pub async fn slot_map(&self) -> Result<SlotMap> {
         let mut c = self.conn.clone();
-        let v: Value = self
-            .bounded(redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut c))
-            .await?;
+        let v: Value = self.bounded(redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut c)).await?;
         Ok(SlotMap::parse(&v)?)
     }
 
     fn shard_keys(&self, c: &Campaign, shard: u32) -> ShardKeys {
-        self.keys
-            .shard(c.shard_buckets[shard as usize], c.id.as_str(), shard)
+        self.keys.shard(c.shard_buckets[shard as usize], c.id.as_str(), shard)
     }
 
     /// Writes every shard of a new campaign: its stock and the window the
@@ -224,14 +214,7 @@ impl StockStore {
             let k = self.shard_keys(c, s);
             let mut conn = self.conn.clone();
             async move {
-                self.bounded(
-                    redis::cmd("HSET")
-                        .arg(&k.hash)
-                        .arg("closed")
-                        .arg(1)
-                        .query_async::<i64>(&mut conn),
-                )
-                .await
+                self.bounded(redis::cmd("HSET").arg(&k.hash).arg("closed").arg(1).query_async::<i64>(&mut conn)).await
             }
         });
         try_join_all(writes).await?;
@@ -276,10 +259,7 @@ impl StockStore {
         const MAX_ROUNDS: usize = 8;
         let home = home_shard(user.as_str(), c.shards());
         for _ in 0..MAX_ROUNDS {
-            match self
-                .claim_on_shard(c, home, user, coupon, idempotency_key)
-                .await?
-            {
+            match self.claim_on_shard(c, home, user, coupon, idempotency_key).await? {
                 ShardClaim::Granted(r) => return Ok(ClaimOutcome::Granted(r)),
                 ShardClaim::Replayed(r) => return Ok(ClaimOutcome::Replayed(r)),
                 ShardClaim::Holding(ids) => return Ok(ClaimOutcome::Holding(ids)),
@@ -318,33 +298,49 @@ impl StockStore {
     pub async fn user_coupons(&self, c: &Campaign, user: &UserId) -> Result<Vec<CouponRecord>> {
         let k = self.shard_keys(c, home_shard(user.as_str(), c.shards()));
         let mut conn = self.conn.clone();
-        let held: Option<String> = self
-            .bounded(
-                redis::cmd("HGET")
-                    .arg(&k.holders)
-                    .arg(user.as_str())
-                    .query_async(&mut conn),
-            )
-            .await?;
+        let held: Option<String> =
+            self.bounded(redis::cmd("HGET").arg(&k.holders).arg(user.as_str()).query_async(&mut conn)).await?;
         let Some(held) = held else {
             return Ok(Vec::new());
         };
         let ids: Vec<&str> = held.split(',').collect();
-        let raw: Vec<Option<String>> = self
-            .bounded(
-                redis::cmd("HMGET")
-                    .arg(&k.coupons)
-                    .arg(&ids)
-                    .query_async(&mut conn),
-            )
-            .await?;
+        let raw: Vec<Option<String>> =
+            self.bounded(redis::cmd("HMGET").arg(&k.coupons).arg(&ids).query_async(&mut conn)).await?;
         raw.into_iter()
             .flatten()
-            .map(|r| {
-                serde_json::from_str(&r)
-                    .map_err(|e| StockError::Protocol(format!("claim record: {e}")))
-            })
+            .map(|r| serde_json::from_str(&r).map_err(|e| StockError::Protocol(format!("claim record: {e}"))))
             .collect()
+    }
+}
+
+impl StockStore {
+    /// Every claim record of a campaign (all shards), for reconcile. Scans
+    /// with HSCAN so a big campaign does not block a node.
+    pub async fn campaign_records(&self, c: &Campaign) -> Result<Vec<CouponRecord>> {
+        let mut out = Vec::new();
+        let mut conn = self.conn.clone();
+        for s in 0..c.shards() {
+            let key = self.shard_keys(c, s).coupons;
+            let mut cursor = "0".to_owned();
+            loop {
+                let (next, flat): (String, Vec<String>) = self
+                    .bounded(redis::cmd("HSCAN").arg(&key).arg(&cursor).arg("COUNT").arg(1000).query_async(&mut conn))
+                    .await?;
+                for pair in flat.chunks(2) {
+                    if let [_, raw] = pair {
+                        out.push(
+                            serde_json::from_str(raw)
+                                .map_err(|e| StockError::Protocol(format!("claim record in {key}: {e}")))?,
+                        );
+                    }
+                }
+                if next == "0" {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -364,10 +360,8 @@ fn text_of(v: Option<&Value>) -> Option<String> {
 }
 
 fn record_of(v: Option<&Value>) -> Result<CouponRecord> {
-    let raw =
-        text_of(v).ok_or_else(|| StockError::Protocol("claim script returned no record".into()))?;
-    serde_json::from_str(&raw)
-        .map_err(|e| StockError::Protocol(format!("claim record {raw:?}: {e}")))
+    let raw = text_of(v).ok_or_else(|| StockError::Protocol("claim script returned no record".into()))?;
+    serde_json::from_str(&raw).map_err(|e| StockError::Protocol(format!("claim record {raw:?}: {e}")))
 }
 
 /// Decodes the reply contract of `lua/claim.lua`.
@@ -379,16 +373,9 @@ fn parse_claim_reply(v: &Value) -> Result<ShardClaim> {
         Some(1) => Ok(ShardClaim::Granted(record_of(parts.get(1))?)),
         Some(2) => Ok(ShardClaim::Replayed(record_of(parts.get(1))?)),
         Some(3) => Ok(ShardClaim::Holding(
-            text_of(parts.get(1))
-                .unwrap_or_default()
-                .split(',')
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned)
-                .collect(),
+            text_of(parts.get(1)).unwrap_or_default().split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect(),
         )),
-        Some(4) => Ok(ShardClaim::NotStarted {
-            starts_ms: parts.get(1).and_then(code_of).unwrap_or(0),
-        }),
+        Some(4) => Ok(ShardClaim::NotStarted { starts_ms: parts.get(1).and_then(code_of).unwrap_or(0) }),
         Some(5) => Ok(ShardClaim::Ended),
         Some(6) => Ok(ShardClaim::Dry),
         Some(0) => Ok(ShardClaim::Missing),
@@ -414,10 +401,7 @@ mod tests {
             parse_claim_reply(&Value::Array(vec![Value::Int(4), Value::Int(99)])).unwrap(),
             ShardClaim::NotStarted { starts_ms: 99 }
         );
-        assert_eq!(
-            parse_claim_reply(&Value::Array(vec![Value::Int(6)])).unwrap(),
-            ShardClaim::Dry
-        );
+        assert_eq!(parse_claim_reply(&Value::Array(vec![Value::Int(6)])).unwrap(), ShardClaim::Dry);
         assert!(parse_claim_reply(&Value::Int(1)).is_err());
         assert!(parse_claim_reply(&Value::Array(vec![Value::Int(1)])).is_err());
     }

@@ -63,11 +63,9 @@ impl SlotMap {
             let Value::Array(parts) = e else {
                 return Err(bad());
             };
-            let (Some(start), Some(end), Some(Value::Array(master))) = (
-                parts.first().and_then(as_int),
-                parts.get(1).and_then(as_int),
-                parts.get(2),
-            ) else {
+            let (Some(start), Some(end), Some(Value::Array(master))) =
+                (parts.first().and_then(as_int), parts.get(1).and_then(as_int), parts.get(2))
+            else {
                 return Err(bad());
             };
             let host = master.first().and_then(as_text).ok_or_else(bad)?;
@@ -78,10 +76,7 @@ impl SlotMap {
     }
 
     pub fn master_of(&self, slot: u16) -> Option<&str> {
-        self.ranges
-            .iter()
-            .find(|(lo, hi, _)| (*lo..=*hi).contains(&slot))
-            .map(|(_, _, m)| m.as_str())
+        self.ranges.iter().find(|(lo, hi, _)| (*lo..=*hi).contains(&slot)).map(|(_, _, m)| m.as_str())
     }
 
     /// Distinct masters, sorted.
@@ -98,23 +93,14 @@ impl SlotMap {
 /// per master (more parallel scripts per node). Never more than the stock.
 pub fn default_shards(total_stock: u64, masters: usize) -> u32 {
     let masters = masters.max(1) as u64;
-    let wanted = if total_stock < masters * 100 {
-        masters
-    } else {
-        masters * 4
-    };
+    let wanted = if total_stock < masters * 100 { masters } else { masters * 4 };
     wanted.min(total_stock).clamp(1, 1024) as u32
 }
 
 /// Picks the bucket of each of `shards` shards. `seed` (derived from the
 /// campaign id) rotates the choice so that campaigns spread over the buckets
 /// of a master instead of all starting at the same one.
-pub fn place_shards(
-    layout: &KeyLayout,
-    map: &SlotMap,
-    shards: u32,
-    seed: u64,
-) -> Result<Vec<u16>, PlacementError> {
+pub fn place_shards(layout: &KeyLayout, map: &SlotMap, shards: u32, seed: u64) -> Result<Vec<u16>, PlacementError> {
     let mut by_master: BTreeMap<&str, Vec<u16>> = BTreeMap::new();
     for b in 0..layout.buckets() {
         if let Some(m) = map.master_of(layout.bucket_slot(b)) {
@@ -153,10 +139,8 @@ mod tests {
         for seed in 0..50 {
             for shards in 3..20 {
                 let buckets = place_shards(&layout, &map, shards, seed).unwrap();
-                let mut masters: Vec<&str> = buckets
-                    .iter()
-                    .map(|b| map.master_of(layout.bucket_slot(*b)).unwrap())
-                    .collect();
+                let mut masters: Vec<&str> =
+                    buckets.iter().map(|b| map.master_of(layout.bucket_slot(*b)).unwrap()).collect();
                 masters.sort();
                 masters.dedup();
                 assert_eq!(masters.len(), 3, "seed {seed} shards {shards}");
@@ -169,10 +153,7 @@ mod tests {
         let layout = KeyLayout::new("fg");
         let map = SlotMap::from_ranges(vec![(0, 300, "a:1".into()), (301, 16383, "b:1".into())]);
         let buckets = place_shards(&layout, &map, 2, 0).unwrap();
-        let masters: Vec<&str> = buckets
-            .iter()
-            .map(|b| map.master_of(layout.bucket_slot(*b)).unwrap())
-            .collect();
+        let masters: Vec<&str> = buckets.iter().map(|b| map.master_of(layout.bucket_slot(*b)).unwrap()).collect();
         assert!(masters.contains(&"a:1") && masters.contains(&"b:1"));
     }
 
@@ -193,18 +174,8 @@ mod tests {
             ])
         };
         let reply = Value::Array(vec![
-            Value::Array(vec![
-                Value::Int(5461),
-                Value::Int(16383),
-                node(7001),
-                node(7004),
-            ]),
-            Value::Array(vec![
-                Value::Int(0),
-                Value::Int(5460),
-                node(7000),
-                node(7003),
-            ]),
+            Value::Array(vec![Value::Int(5461), Value::Int(16383), node(7001), node(7004)]),
+            Value::Array(vec![Value::Int(0), Value::Int(5460), node(7000), node(7003)]),
         ]);
         let map = SlotMap::parse(&reply).unwrap();
         assert_eq!(map.master_of(0), Some("127.0.0.1:7000"));

@@ -60,12 +60,7 @@ impl StockStore {
         let k = self.shard_keys(c, shard);
         let mut conn = self.conn.clone();
         let mut pipe = redis::pipe();
-        pipe.cmd("HMGET")
-            .arg(&k.hash)
-            .arg("remaining")
-            .arg("claimed")
-            .cmd("HGETALL")
-            .arg(&k.xout);
+        pipe.cmd("HMGET").arg(&k.hash).arg("remaining").arg("claimed").cmd("HGETALL").arg(&k.xout);
         let (counts, journal): (Vec<Option<i64>>, Vec<(String, String)>) =
             self.bounded(pipe.query_async(&mut conn)).await?;
         let get = |i: usize| counts.get(i).copied().flatten().unwrap_or(0).max(0) as u64;
@@ -75,22 +70,12 @@ impl StockStore {
                 .ok_or_else(|| StockError::Protocol(format!("bad transfer journal entry {v:?}")))?;
             pending.push(entry);
         }
-        Ok(ShardSnapshot {
-            remaining: get(0),
-            claimed: get(1),
-            pending,
-        })
+        Ok(ShardSnapshot { remaining: get(0), claimed: get(1), pending })
     }
 
     /// Step 1 of a transfer. Returns the transfer id and the units actually
     /// taken (0: the donor was empty, nothing journaled).
-    pub async fn begin_transfer(
-        &self,
-        c: &Campaign,
-        donor: u32,
-        dest: u32,
-        want: u64,
-    ) -> Result<(String, u64)> {
+    pub async fn begin_transfer(&self, c: &Campaign, donor: u32, dest: u32, want: u64) -> Result<(String, u64)> {
         let id = ulid::Ulid::new().to_string();
         let k = self.shard_keys(c, donor);
         let mut inv = self.scripts.take.key(&k.hash);
@@ -102,28 +87,14 @@ impl StockStore {
 
     /// Steps 2 and 3 of a transfer; safe to run any number of times, by any
     /// instance, at any moment after step 1.
-    pub async fn finish_transfer(
-        &self,
-        c: &Campaign,
-        donor: u32,
-        dest: u32,
-        id: &str,
-        units: u64,
-    ) -> Result<()> {
+    pub async fn finish_transfer(&self, c: &Campaign, donor: u32, dest: u32, id: &str, units: u64) -> Result<()> {
         let kd = self.shard_keys(c, dest);
         let mut inv = self.scripts.give.key(&kd.hash);
         inv.key(&kd.xin).arg(id).arg(units);
         let mut conn = self.conn.clone();
         let _applied: i64 = self.bounded(inv.invoke_async(&mut conn)).await?;
         let ks = self.shard_keys(c, donor);
-        let _: i64 = self
-            .bounded(
-                redis::cmd("HDEL")
-                    .arg(&ks.xout)
-                    .arg(id)
-                    .query_async(&mut conn),
-            )
-            .await?;
+        let _: i64 = self.bounded(redis::cmd("HDEL").arg(&ks.xout).arg(id).query_async(&mut conn)).await?;
         Ok(())
     }
 
@@ -139,12 +110,9 @@ impl StockStore {
         for (donor, snap) in snaps.iter().enumerate() {
             for (id, units, dest) in &snap.pending {
                 if *dest >= c.shards() {
-                    return Err(StockError::Protocol(format!(
-                        "transfer {id} to unknown shard {dest}"
-                    )));
+                    return Err(StockError::Protocol(format!("transfer {id} to unknown shard {dest}")));
                 }
-                self.finish_transfer(c, donor as u32, *dest, id, *units)
-                    .await?;
+                self.finish_transfer(c, donor as u32, *dest, id, *units).await?;
                 done += 1;
             }
         }
@@ -166,9 +134,7 @@ impl StockStore {
             .map(|(i, s)| (i as u32, s.remaining));
         match donor {
             Some((donor, remaining)) => {
-                let (id, taken) = self
-                    .begin_transfer(c, donor, home, remaining.div_ceil(2))
-                    .await?;
+                let (id, taken) = self.begin_transfer(c, donor, home, remaining.div_ceil(2)).await?;
                 if taken > 0 {
                     self.finish_transfer(c, donor, home, &id, taken).await?;
                 }
@@ -188,10 +154,7 @@ impl StockStore {
                 // also sees nothing proves that no unit was anywhere in
                 // between (the total only ever goes down).
                 let again = try_join_all((0..c.shards()).map(|s| self.read_shard(c, s))).await?;
-                if again
-                    .iter()
-                    .all(|s| s.remaining == 0 && s.pending.is_empty())
-                {
+                if again.iter().all(|s| s.remaining == 0 && s.pending.is_empty()) {
                     Ok(Borrow::NothingLeft)
                 } else {
                     Ok(Borrow::Retry)
@@ -207,10 +170,7 @@ mod tests {
 
     #[test]
     fn journal_entries_parse() {
-        assert_eq!(
-            parse_journal_entry("x".into(), "5:3:1700000000"),
-            Some(("x".into(), 5, 3))
-        );
+        assert_eq!(parse_journal_entry("x".into(), "5:3:1700000000"), Some(("x".into(), 5, 3)));
         assert_eq!(parse_journal_entry("x".into(), "junk"), None);
     }
 }

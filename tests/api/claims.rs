@@ -12,12 +12,7 @@ use crate::helpers::*;
 
 /// Claims as `user` on `instance`, retrying a 503 (the documented "retry
 /// later") a bounded number of times like a well-behaved app would.
-async fn claim_retrying(
-    app: &TestApp,
-    instance: usize,
-    campaign: &str,
-    user: &str,
-) -> (StatusCode, Value) {
+async fn claim_retrying(app: &TestApp, instance: usize, campaign: &str, user: &str) -> (StatusCode, Value) {
     for _ in 0..50 {
         let got = app.claim_on(instance, campaign, user, None).await;
         if got.0 != StatusCode::SERVICE_UNAVAILABLE {
@@ -29,11 +24,7 @@ async fn claim_retrying(
 }
 
 /// Fires one claim per (instance, user) pair, all at once; returns answers.
-async fn burst(
-    app: &TestApp,
-    campaign: &str,
-    users: Vec<(usize, String)>,
-) -> Vec<(String, StatusCode, Value)> {
+async fn burst(app: &TestApp, campaign: &str, users: Vec<(usize, String)>) -> Vec<(String, StatusCode, Value)> {
     let tasks: Vec<_> = users
         .into_iter()
         .map(|(instance, user)| {
@@ -64,11 +55,7 @@ fn campaign_with(stock: u64, shards: u64, limit: u64) -> Value {
 async fn assert_conserved(app: &TestApp, id: &str, claimed: u64) {
     let st = app.stats(id).await;
     assert_eq!(st["claimed"], claimed, "{st}");
-    assert_eq!(
-        st["remaining"].as_u64().unwrap() + claimed,
-        st["total_stock"].as_u64().unwrap(),
-        "{st}"
-    );
+    assert_eq!(st["remaining"].as_u64().unwrap() + claimed, st["total_stock"].as_u64().unwrap(), "{st}");
     for s in st["shards"].as_array().unwrap() {
         assert_eq!(s["in_flight"], 0, "{st}");
     }
@@ -79,25 +66,14 @@ async fn burst_grants_exactly_the_stock() {
     let app = spawn_app().await;
     let c = app.create_campaign(campaign_with(40, 6, 1)).await;
     let id = c["id"].as_str().unwrap();
-    let answers = burst(
-        &app,
-        id,
-        (0..300).map(|i| (0, format!("burst-user-{i}"))).collect(),
-    )
-    .await;
+    let answers = burst(&app, id, (0..300).map(|i| (0, format!("burst-user-{i}"))).collect()).await;
 
-    let granted: Vec<&(String, StatusCode, Value)> = answers
-        .iter()
-        .filter(|a| a.1 == StatusCode::CREATED)
-        .collect();
+    let granted: Vec<&(String, StatusCode, Value)> = answers.iter().filter(|a| a.1 == StatusCode::CREATED).collect();
     assert_eq!(granted.len(), 40, "exactly the stock is granted");
     for (_, status, body) in answers.iter().filter(|a| a.1 != StatusCode::CREATED) {
         assert_error(&(*status, body.clone()), 410, "sold_out");
     }
-    let ids: HashSet<&str> = granted
-        .iter()
-        .map(|g| g.2["id"].as_str().unwrap())
-        .collect();
+    let ids: HashSet<&str> = granted.iter().map(|g| g.2["id"].as_str().unwrap()).collect();
     assert_eq!(ids.len(), 40, "coupon ids are distinct");
     for (user, _, body) in &granted {
         assert_eq!(body["user_id"], user.as_str());
@@ -115,16 +91,8 @@ async fn one_user_fifty_concurrent_claims_get_one_coupon() {
     let app = spawn_app().await;
     let c = app.create_campaign(campaign_with(1000, 8, 1)).await;
     let id = c["id"].as_str().unwrap();
-    let answers = burst(
-        &app,
-        id,
-        (0..50).map(|_| (0, "greedy".to_owned())).collect(),
-    )
-    .await;
-    let granted: Vec<_> = answers
-        .iter()
-        .filter(|a| a.1 == StatusCode::CREATED)
-        .collect();
+    let answers = burst(&app, id, (0..50).map(|_| (0, "greedy".to_owned())).collect()).await;
+    let granted: Vec<_> = answers.iter().filter(|a| a.1 == StatusCode::CREATED).collect();
     assert_eq!(granted.len(), 1);
     let coupon = granted[0].2["id"].as_str().unwrap();
     for (_, status, body) in answers.iter().filter(|a| a.1 != StatusCode::CREATED) {
@@ -139,17 +107,13 @@ async fn per_user_limit_three_holds_under_concurrency() {
     let app = spawn_app().await;
     let c = app.create_campaign(campaign_with(1000, 6, 3)).await;
     let id = c["id"].as_str().unwrap();
-    let users: Vec<(usize, String)> = (0..20)
-        .flat_map(|u| (0..10).map(move |_| (0, format!("limit-user-{u}"))))
-        .collect();
+    let users: Vec<(usize, String)> =
+        (0..20).flat_map(|u| (0..10).map(move |_| (0, format!("limit-user-{u}")))).collect();
     let answers = burst(&app, id, users).await;
     let mut per_user: HashMap<&str, Vec<&str>> = HashMap::new();
     for (user, status, body) in &answers {
         if *status == StatusCode::CREATED {
-            per_user
-                .entry(user)
-                .or_default()
-                .push(body["id"].as_str().unwrap());
+            per_user.entry(user).or_default().push(body["id"].as_str().unwrap());
         } else {
             assert_error(&(*status, body.clone()), 409, "limit_reached");
             assert_eq!(body["coupon_ids"].as_array().unwrap().len(), 3, "{body}");
@@ -159,12 +123,8 @@ async fn per_user_limit_three_holds_under_concurrency() {
     for (user, coupons) in &per_user {
         assert_eq!(coupons.len(), 3, "{user} holds exactly the limit");
         let listed = app.my_coupons(user, &format!("?campaign_id={id}")).await;
-        let mut listed: Vec<&str> = listed["coupons"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|c| c["id"].as_str().unwrap())
-            .collect();
+        let mut listed: Vec<&str> =
+            listed["coupons"].as_array().unwrap().iter().map(|c| c["id"].as_str().unwrap()).collect();
         let mut expected = coupons.clone();
         listed.sort();
         expected.sort();
@@ -179,31 +139,20 @@ async fn two_instances_share_the_invariants() {
     let c = app.create_campaign(campaign_with(30, 6, 1)).await;
     let id = c["id"].as_str().unwrap();
     // Every user fires twice, once at each instance, at the same time.
-    let users: Vec<(usize, String)> = (0..150)
-        .flat_map(|u| [(0, format!("dup-{u}")), (1, format!("dup-{u}"))])
-        .collect();
+    let users: Vec<(usize, String)> =
+        (0..150).flat_map(|u| [(0, format!("dup-{u}")), (1, format!("dup-{u}"))]).collect();
     let answers = burst(&app, id, users).await;
     let mut grants: HashMap<&str, Vec<&str>> = HashMap::new();
     for (user, status, body) in &answers {
         match status.as_u16() {
-            201 => grants
-                .entry(user)
-                .or_default()
-                .push(body["id"].as_str().unwrap()),
+            201 => grants.entry(user).or_default().push(body["id"].as_str().unwrap()),
             409 => assert_eq!(body["error"], "already_claimed"),
             410 => assert_eq!(body["error"], "sold_out"),
             other => panic!("unexpected {other}: {body}"),
         }
     }
-    assert_eq!(
-        grants.values().map(Vec::len).sum::<usize>(),
-        30,
-        "no oversell across instances"
-    );
-    assert!(
-        grants.values().all(|g| g.len() == 1),
-        "no user got two across instances"
-    );
+    assert_eq!(grants.values().map(Vec::len).sum::<usize>(), 30, "no oversell across instances");
+    assert!(grants.values().all(|g| g.len() == 1), "no user got two across instances");
     assert_conserved(&app, id, 30).await;
 }
 
@@ -217,18 +166,8 @@ async fn stock_equal_to_shards_grants_every_unit() {
     for users in [12usize, 300] {
         let c = app.create_campaign(campaign_with(12, 12, 1)).await;
         let id = c["id"].as_str().unwrap();
-        let answers = burst(
-            &app,
-            id,
-            (0..users)
-                .map(|i| (0, format!("fair-{users}-{i}")))
-                .collect(),
-        )
-        .await;
-        let granted = answers
-            .iter()
-            .filter(|a| a.1 == StatusCode::CREATED)
-            .count();
+        let answers = burst(&app, id, (0..users).map(|i| (0, format!("fair-{users}-{i}"))).collect()).await;
+        let granted = answers.iter().filter(|a| a.1 == StatusCode::CREATED).count();
         assert_eq!(granted, 12, "with {users} users");
         for (_, status, body) in answers.iter().filter(|a| a.1 != StatusCode::CREATED) {
             assert_error(&(*status, body.clone()), 410, "sold_out");
@@ -256,26 +195,12 @@ async fn interrupted_transfer_neither_creates_nor_loses_stock() {
     let (tid, taken) = app.stock.begin_transfer(&campaign, 2, 1, 1).await.unwrap();
     assert_eq!(taken, 1);
     for _ in 0..3 {
-        app.stock
-            .finish_transfer(&campaign, 2, 1, &tid, 1)
-            .await
-            .unwrap();
+        app.stock.finish_transfer(&campaign, 2, 1, &tid, 1).await.unwrap();
     }
     assert_eq!(app.stats(id).await["remaining"], 6);
 
-    let answers = burst(
-        &app,
-        id,
-        (0..40).map(|i| (0, format!("xfer-{i}"))).collect(),
-    )
-    .await;
-    assert_eq!(
-        answers
-            .iter()
-            .filter(|a| a.1 == StatusCode::CREATED)
-            .count(),
-        6
-    );
+    let answers = burst(&app, id, (0..40).map(|i| (0, format!("xfer-{i}"))).collect()).await;
+    assert_eq!(answers.iter().filter(|a| a.1 == StatusCode::CREATED).count(), 6);
     assert_conserved(&app, id, 6).await;
 }
 
@@ -291,8 +216,7 @@ async fn time_window_edges() {
 
     let early = app.claim(id, "early").await;
     assert_error(&early, 409, "not_started");
-    let said: chrono::DateTime<chrono::Utc> =
-        early.1["starts_at"].as_str().unwrap().parse().unwrap();
+    let said: chrono::DateTime<chrono::Utc> = early.1["starts_at"].as_str().unwrap().parse().unwrap();
     assert_eq!(said.timestamp_millis(), starts.timestamp_millis());
 
     tokio::time::sleep_until(
@@ -323,23 +247,10 @@ async fn idempotency_key_replays_the_same_coupon() {
     let other = app.claim_on(0, id, "idem-other", Some("order-1")).await;
     assert_eq!(other.0, StatusCode::CREATED);
     assert_ne!(other.1["id"], first.1["id"]);
-    assert_eq!(
-        app.claim_on(0, id, "idem", None).await.0,
-        StatusCode::CREATED
-    );
-    assert_eq!(
-        app.claim_on(0, id, "idem", Some("order-2")).await.0,
-        StatusCode::CREATED
-    );
-    assert_eq!(
-        app.claim_on(0, id, "idem", Some("order-1")).await.1["id"],
-        first.1["id"]
-    );
-    assert_error(
-        &app.claim_on(0, id, "idem", Some("order-3")).await,
-        409,
-        "limit_reached",
-    );
+    assert_eq!(app.claim_on(0, id, "idem", None).await.0, StatusCode::CREATED);
+    assert_eq!(app.claim_on(0, id, "idem", Some("order-2")).await.0, StatusCode::CREATED);
+    assert_eq!(app.claim_on(0, id, "idem", Some("order-1")).await.1["id"], first.1["id"]);
+    assert_error(&app.claim_on(0, id, "idem", Some("order-3")).await, 409, "limit_reached");
     for bad in ["", &"k".repeat(65), "with space"] {
         let r = app.claim_on(0, id, "idem", Some(bad)).await;
         assert_error(&r, 400, "invalid_request");
@@ -357,37 +268,15 @@ async fn my_coupons_show_a_claim_the_moment_it_is_granted() {
     let a = app.claim(id1, "shopper").await.1;
     let b = app.claim(id2, "shopper").await.1;
     let all = app.my_coupons("shopper", "").await;
-    let ids: Vec<&str> = all["coupons"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["id"].as_str().unwrap())
-        .collect();
+    let ids: Vec<&str> = all["coupons"].as_array().unwrap().iter().map(|c| c["id"].as_str().unwrap()).collect();
     assert_eq!(ids.len(), 2);
     assert!(ids.contains(&a["id"].as_str().unwrap()) && ids.contains(&b["id"].as_str().unwrap()));
-    let only = app
-        .my_coupons("shopper", &format!("?campaign_id={id2}"))
-        .await;
+    let only = app.my_coupons("shopper", &format!("?campaign_id={id2}")).await;
     assert_eq!(only["coupons"][0]["id"], b["id"]);
-    assert_eq!(
-        only["coupons"][0]["discount"],
-        json!({"type": "fixed", "amount_cents": 500})
-    );
-    assert_eq!(
-        app.my_coupons("shopper", "?status=claimed").await["coupons"]
-            .as_array()
-            .unwrap()
-            .len(),
-        2
-    );
-    assert_eq!(
-        app.my_coupons("shopper", "?status=redeemed").await["coupons"],
-        json!([])
-    );
-    assert_eq!(
-        app.my_coupons("someone-else", "").await["coupons"],
-        json!([])
-    );
+    assert_eq!(only["coupons"][0]["discount"], json!({"type": "fixed", "amount_cents": 500}));
+    assert_eq!(app.my_coupons("shopper", "?status=claimed").await["coupons"].as_array().unwrap().len(), 2);
+    assert_eq!(app.my_coupons("shopper", "?status=redeemed").await["coupons"], json!([]));
+    assert_eq!(app.my_coupons("someone-else", "").await["coupons"], json!([]));
 
     let coupon = a["id"].as_str().unwrap();
     let mine = app
@@ -418,24 +307,15 @@ async fn my_coupons_show_a_claim_the_moment_it_is_granted() {
             .unwrap();
         assert_error(&parts(r).await, 404, "coupon_not_found");
     }
-    let bad = app
-        .client
-        .get(app.url("/v1/me/coupons?status=lost"))
-        .bearer_auth(app.token("shopper"))
-        .send()
-        .await
-        .unwrap();
+    let bad =
+        app.client.get(app.url("/v1/me/coupons?status=lost")).bearer_auth(app.token("shopper")).send().await.unwrap();
     assert_error(&parts(bad).await, 400, "invalid_request");
 }
 
 #[tokio::test]
 async fn unknown_campaigns_are_404_for_claims() {
     let app = spawn_app().await;
-    for id in [
-        "01JD0000000000000000000000",
-        "garbage",
-        "x".repeat(200).as_str(),
-    ] {
+    for id in ["01JD0000000000000000000000", "garbage", "x".repeat(200).as_str()] {
         assert_error(&app.claim(id, "u").await, 404, "campaign_not_found");
     }
 }
@@ -457,20 +337,14 @@ async fn user_tokens_are_checked() {
         Some(format!("Bearer {}", app.jwt.sign("u1", now - 1))),
         Some(format!("Bearer {}", other.sign("u1", now + 60))),
         Some(format!("Bearer {}", app.jwt.sign("", now + 60))),
-        Some(format!(
-            "Bearer {}",
-            app.jwt.sign(&"x".repeat(65), now + 60)
-        )),
+        Some(format!("Bearer {}", app.jwt.sign(&"x".repeat(65), now + 60))),
         Some(format!("Bearer {tampered}")),
         Some(format!("Bearer {good}.extra")),
         Some(ADMIN.to_owned()),
         Some(format!("Bearer {ADMIN}")),
     ];
     for t in tokens {
-        for (method, path) in [
-            ("POST", format!("/v1/campaigns/{id}/claim")),
-            ("GET", "/v1/me/coupons".to_owned()),
-        ] {
+        for (method, path) in [("POST", format!("/v1/campaigns/{id}/claim")), ("GET", "/v1/me/coupons".to_owned())] {
             let mut req = app.client.request(method.parse().unwrap(), app.url(&path));
             if let Some(t) = &t {
                 req = req.header("authorization", t);
@@ -492,11 +366,7 @@ async fn claims_survive_an_empty_script_cache() {
     for port in 7000..7006 {
         let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
         let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-        let _: () = redis::cmd("SCRIPT")
-            .arg("FLUSH")
-            .query_async(&mut conn)
-            .await
-            .unwrap();
+        let _: () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut conn).await.unwrap();
     }
     for i in 0..20 {
         let got = app.claim(id, &format!("after-flush-{i}")).await;

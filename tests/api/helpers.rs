@@ -20,23 +20,15 @@ pub const ADMIN: &str = "test-admin-token-0123456789";
 pub const SECRET: &str = "test-jwt-secret-0123456789abcdef0123456789";
 
 fn env_or(name: &str, default: &str) -> String {
-    std::env::var(name)
-        .ok()
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| default.to_owned())
+    std::env::var(name).ok().filter(|v| !v.is_empty()).unwrap_or_else(|| default.to_owned())
 }
 
 pub fn redis_nodes() -> String {
-    env_or(
-        "FLASHGRAB_TEST_REDIS_NODES",
-        "redis://127.0.0.1:7000,redis://127.0.0.1:7001,redis://127.0.0.1:7002",
-    )
+    env_or("FLASHGRAB_TEST_REDIS_NODES", "redis://127.0.0.1:7000,redis://127.0.0.1:7001,redis://127.0.0.1:7002")
 }
 
 fn mysql_server() -> String {
-    env_or("FLASHGRAB_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306")
-        .trim_end_matches('/')
-        .to_owned()
+    env_or("FLASHGRAB_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306").trim_end_matches('/').to_owned()
 }
 
 /// Settings for a test instance: `prefix` keeps its Redis keys apart, `db`
@@ -45,13 +37,7 @@ pub fn settings(prefix: &str, db: &str) -> Settings {
     let vars: HashMap<&str, String> = HashMap::from([
         ("FLASHGRAB_LISTEN", "127.0.0.1:0".to_owned()),
         ("FLASHGRAB_REDIS_NODES", redis_nodes()),
-        (
-            "FLASHGRAB_AMQP_URL",
-            env_or(
-                "FLASHGRAB_TEST_AMQP_URL",
-                "amqp://guest:guest@127.0.0.1:5672/%2f",
-            ),
-        ),
+        ("FLASHGRAB_AMQP_URL", env_or("FLASHGRAB_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f")),
         ("FLASHGRAB_MYSQL_URL", format!("{}/{db}", mysql_server())),
         ("FLASHGRAB_ADMIN_TOKEN", ADMIN.to_owned()),
         ("FLASHGRAB_USER_JWT_SECRET", SECRET.to_owned()),
@@ -81,28 +67,43 @@ pub async fn spawn_app() -> TestApp {
 }
 
 /// Starts `n` instances sharing one prefix and database (like N instances
-/// behind a load balancer).
+/// behind a load balancer), without the claim pipeline (API tests only).
 pub async fn spawn_apps(n: usize) -> TestApp {
+    spawn_with(n, false, false).await
+}
+
+/// One instance with the outbox relay and the persist worker running.
+pub async fn spawn_pipeline_app() -> TestApp {
+    spawn_with(1, true, true).await
+}
+
+/// A fresh prefix (also naming the test's queues) and database name.
+pub fn fresh_names() -> (String, String) {
     let id = ulid::Ulid::new().to_string().to_lowercase();
-    let prefix = format!("t{}", &id[14..]);
-    let db_name = format!("fg_test_{id}");
-    let s = settings(&prefix, &db_name);
+    (format!("t{}", &id[14..]), format!("fg_test_{id}"))
+}
+
+pub async fn spawn_with(n: usize, relay: bool, persist: bool) -> TestApp {
+    let (prefix, db_name) = fresh_names();
+    spawn_named(n, &prefix, &db_name, relay, persist).await
+}
+
+pub async fn spawn_named(n: usize, prefix: &str, db_name: &str, relay: bool, persist: bool) -> TestApp {
+    let (prefix, db_name) = (prefix.to_owned(), db_name.to_owned());
+    let mut s = settings(&prefix, &db_name);
+    s.run_relay = relay;
+    s.run_persist = persist;
     let mut addrs = Vec::new();
     let mut state = None;
     for _ in 0..n {
-        let app = Application::build(&s)
-            .await
-            .expect("the test instance starts (is `scripts/stack up` done?)");
+        let app = Application::build(&s).await.expect("the test instance starts (is `scripts/stack up` done?)");
         addrs.push(app.local_addr());
         state.get_or_insert_with(|| app.state().clone());
         tokio::spawn(app.run_until(std::future::pending()));
     }
     TestApp {
         addrs,
-        client: Client::builder()
-            .pool_max_idle_per_host(64)
-            .build()
-            .unwrap(),
+        client: Client::builder().pool_max_idle_per_host(64).build().unwrap(),
         jwt: JwtKeys::new(SECRET.as_bytes()),
         prefix,
         db_name,
@@ -138,22 +139,11 @@ impl TestApp {
     }
 
     pub async fn post_admin(&self, path: &str, body: &Value) -> Response {
-        self.client
-            .post(self.url(path))
-            .bearer_auth(ADMIN)
-            .json(body)
-            .send()
-            .await
-            .unwrap()
+        self.client.post(self.url(path)).bearer_auth(ADMIN).json(body).send().await.unwrap()
     }
 
     pub async fn get_admin(&self, path: &str) -> Response {
-        self.client
-            .get(self.url(path))
-            .bearer_auth(ADMIN)
-            .send()
-            .await
-            .unwrap()
+        self.client.get(self.url(path)).bearer_auth(ADMIN).send().await.unwrap()
     }
 
     /// Creates a campaign, asserting 201; returns its JSON.
@@ -166,9 +156,7 @@ impl TestApp {
     }
 
     pub async fn stats(&self, campaign: &str) -> Value {
-        let r = self
-            .get_admin(&format!("/v1/campaigns/{campaign}/stats"))
-            .await;
+        let r = self.get_admin(&format!("/v1/campaigns/{campaign}/stats")).await;
         assert_eq!(r.status(), StatusCode::OK);
         r.json().await.unwrap()
     }
@@ -211,12 +199,56 @@ impl TestApp {
 
     /// The stored campaign (terms and shard placement).
     pub async fn stock_campaign(&self, id: &str) -> std::sync::Arc<Campaign> {
-        self.state
-            .campaigns
-            .find(&CampaignId::parse(id).unwrap())
-            .await
-            .unwrap()
-            .expect("campaign exists")
+        self.state.campaigns.find(&CampaignId::parse(id).unwrap()).await.unwrap().expect("campaign exists")
+    }
+
+    /// The MySQL URL of this test's database.
+    pub fn mysql_url(&self) -> String {
+        format!("{}/{}", mysql_server(), self.db_name)
+    }
+
+    /// Polls `stats.persisted` until it reaches `want` (bounded: panics
+    /// after `secs` seconds with the last stats).
+    pub async fn wait_persisted(&self, campaign: &str, want: u64, secs: u64) -> Value {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        loop {
+            let st = self.stats(campaign).await;
+            if st["persisted"].as_u64() == Some(want) {
+                return st;
+            }
+            assert!(std::time::Instant::now() < deadline, "persisted never reached {want}: {st}");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Runs reconcile for a campaign through the library.
+    pub async fn reconcile(&self, campaign: &str, repair: bool) -> flashgrab::persist::reconcile::ReconcileReport {
+        let c = self.stock_campaign(campaign).await;
+        flashgrab::persist::reconcile::reconcile(&self.stock, &self.state.db, &c, repair).await.unwrap()
+    }
+
+    /// Deletes this test's queues and database (best effort; scripts/test
+    /// sweeps what a failed test leaves).
+    pub async fn cleanup(&self) {
+        if let Ok(conn) = lapin::Connection::connect(
+            &env_or("FLASHGRAB_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"),
+            lapin::ConnectionProperties::default(),
+        )
+        .await
+            && let Ok(ch) = conn.create_channel().await
+        {
+            let t = flashgrab::outbox::topology::Topology::new(&self.prefix);
+            for q in [&t.claims_queue, &t.dead_letter_queue] {
+                let _ = ch.queue_delete(q.as_str().into(), Default::default()).await;
+            }
+            for x in [&t.claims_exchange, &t.dead_letter_exchange, &t.events_exchange] {
+                let _ = ch.exchange_delete(x.as_str().into(), Default::default()).await;
+            }
+            let _ = conn.close(200, "bye".into()).await;
+        }
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS `{}`", self.db_name)))
+            .execute(self.state.db.pool())
+            .await;
     }
 
     /// Sum of the outbox stream lengths over every bucket of this prefix.
@@ -224,11 +256,7 @@ impl TestApp {
         let mut conn = self.stock.connection();
         let mut total = 0;
         for b in 0..self.stock.keys().buckets() {
-            let n: u64 = redis::cmd("XLEN")
-                .arg(self.stock.keys().outbox(b))
-                .query_async(&mut conn)
-                .await
-                .unwrap();
+            let n: u64 = redis::cmd("XLEN").arg(self.stock.keys().outbox(b)).query_async(&mut conn).await.unwrap();
             total += n;
         }
         total

@@ -6,3 +6,4 @@ mod helpers;
 mod campaigns;
 mod claims;
 mod ops;
+mod persistence;

@@ -13,10 +13,7 @@ async fn healthz_and_readyz() {
     let r = app.client.get(app.url("/readyz")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     let body: Value = r.json().await.unwrap();
-    assert_eq!(
-        body,
-        json!({"redis": "ok", "rabbitmq": "ok", "mysql": "ok"})
-    );
+    assert_eq!(body, json!({"redis": "ok", "rabbitmq": "ok", "mysql": "ok"}));
 }
 
 /// `scripts/stack up` on a stack that is already up changes nothing and
@@ -25,10 +22,8 @@ async fn healthz_and_readyz() {
 fn stack_up_twice_is_harmless() {
     let root = env!("CARGO_MANIFEST_DIR");
     for _ in 0..2 {
-        let out = std::process::Command::new(format!("{root}/scripts/stack"))
-            .arg("up")
-            .output()
-            .expect("scripts/stack runs");
+        let out =
+            std::process::Command::new(format!("{root}/scripts/stack")).arg("up").output().expect("scripts/stack runs");
         assert!(
             out.status.success(),
             "stack up failed: {}{}",
@@ -36,13 +31,6 @@ fn stack_up_twice_is_harmless() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let out = std::process::Command::new(format!("{root}/scripts/stack"))
-        .arg("status")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    let out = std::process::Command::new(format!("{root}/scripts/stack")).arg("status").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
 }

@@ -19,10 +19,7 @@ static STACK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn stack(args: &[&str]) {
     let script = format!("{}/scripts/stack", env!("CARGO_MANIFEST_DIR"));
-    let out = std::process::Command::new(&script)
-        .args(args)
-        .output()
-        .expect("scripts/stack runs");
+    let out = std::process::Command::new(&script).args(args).output().expect("scripts/stack runs");
     assert!(
         out.status.success(),
         "scripts/stack {args:?} failed:\n{}{}",
@@ -33,11 +30,7 @@ fn stack(args: &[&str]) {
 
 /// Claims, retrying 503s for up to ~20 s (a restarted node or a failover
 /// takes a few seconds to settle; the service must say "retry", never lie).
-async fn claim_until_answered(
-    app: &TestApp,
-    id: &str,
-    user: &str,
-) -> (StatusCode, serde_json::Value) {
+async fn claim_until_answered(app: &TestApp, id: &str, user: &str) -> (StatusCode, serde_json::Value) {
     for _ in 0..200 {
         let got = app.claim(id, user).await;
         if got.0 != StatusCode::SERVICE_UNAVAILABLE {
@@ -61,10 +54,7 @@ async fn claims_survive_redis_master_restarts() {
     let id = c["id"].as_str().unwrap().to_owned();
     let mut granted = 0u64;
     for i in 0..10 {
-        assert_eq!(
-            app.claim(&id, &format!("pre-{i}")).await.0,
-            StatusCode::CREATED
-        );
+        assert_eq!(app.claim(&id, &format!("pre-{i}")).await.0, StatusCode::CREATED);
         granted += 1;
     }
     let masters = app.stock.slot_map().await.unwrap().masters();

@@ -1,0 +1,34 @@
+//! From the Redis outbox to RabbitMQ.
+//!
+//! Every grant appends its claim record to the outbox stream of its bucket
+//! in the same script that granted it (`lua/claim.lua`), so a record exists
+//! for every 201. The relay moves records to RabbitMQ and removes them from
+//! Redis only after the broker confirmed them:
+//!
+//! 1. `XREADGROUP` (non-blocking, one consumer group for all instances, one
+//!    consumer name per instance) on each of the 64 bucket streams;
+//! 2. publish the records of a bucket in batches (one message carries up to
+//!    [`relay::BATCH`] claims: RabbitMQ confirms only ~15k messages/s here)
+//!    as persistent messages with publisher confirms, to the claims exchange
+//!    and to the events fan-out exchange;
+//! 3. `lua/ack.lua`: `XACK` + `XDEL` of exactly the confirmed entries.
+//!
+//! A relay that dies between 2 and 3 leaves entries pending in the group;
+//! `XAUTOCLAIM` hands them to a live relay after [`relay::RECLAIM_IDLE`] and
+//! they are published again (the persist worker is idempotent per coupon
+//! id). Blocking reads are avoided on purpose: the cluster connection is
+//! multiplexed and a `BLOCK` would stall the claims sharing it.
+
+pub mod relay;
+pub mod topology;
+
+/// Errors of the AMQP side, with their source.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("rabbitmq: {0}")]
+    Amqp(#[from] lapin::Error),
+    #[error("rabbitmq did not confirm within {0:?}")]
+    Timeout(std::time::Duration),
+    #[error("rabbitmq refused the message ({0})")]
+    Nacked(String),
+}

@@ -1,0 +1,361 @@
+//! The relay loop (see the module note of `outbox`).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use redis::Value;
+use redis::cluster_async::ClusterConnection;
+use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
+use tokio_util::sync::CancellationToken;
+
+use super::QueueError;
+use super::topology::{CLAIM_ROUTING_KEY, Topology};
+use crate::domain::CouponRecord;
+use crate::metrics::{Backoff, PipelineMetrics};
+use crate::stock::StockStore;
+
+/// Claims per message, and entries read per stream per pass.
+pub const BATCH: usize = 500;
+/// An entry delivered to a relay and not acked for this long is taken over.
+pub const RECLAIM_IDLE: Duration = Duration::from_secs(15);
+/// How often a relay looks for entries to take over.
+const RECLAIM_EVERY: Duration = Duration::from_secs(5);
+/// Idle polling interval bounds (no blocking reads on the shared connection).
+const POLL_MIN: Duration = Duration::from_millis(2);
+const POLL_MAX: Duration = Duration::from_millis(50);
+/// Upper bound to wait for one broker confirm.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("redis did not answer in time")]
+    Timeout,
+}
+
+impl From<lapin::Error> for RelayError {
+    fn from(e: lapin::Error) -> Self {
+        RelayError::Queue(QueueError::Amqp(e))
+    }
+}
+
+/// The body of a claims message: `{"kind":"claims","claims":[record...]}`.
+pub fn claims_body(records: &[&str]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(32 + records.iter().map(|r| r.len() + 1).sum::<usize>());
+    body.extend_from_slice(br#"{"kind":"claims","claims":["#);
+    for (i, r) in records.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(r.as_bytes());
+    }
+    body.extend_from_slice(b"]}");
+    body
+}
+
+/// One outbox entry: its stream id and raw record.
+struct Entry {
+    id: String,
+    raw: Option<String>,
+}
+
+fn entry_of(s: StreamId) -> Entry {
+    let raw = match s.map.get("r") {
+        Some(Value::BulkString(b)) => String::from_utf8(b.clone()).ok(),
+        Some(Value::SimpleString(t)) => Some(t.clone()),
+        _ => None,
+    };
+    Entry { id: s.id, raw }
+}
+
+/// Milliseconds part of a stream id ("1700000000000-3").
+fn id_ms(id: &str) -> u64 {
+    id.split('-').next().and_then(|ms| ms.parse().ok()).unwrap_or(0)
+}
+
+pub struct Relay {
+    stock: StockStore,
+    amqp_url: String,
+    topology: Topology,
+    group: String,
+    consumer: String,
+    metrics: Arc<PipelineMetrics>,
+    ack: redis::Script,
+    redis_timeout: Duration,
+}
+
+impl Relay {
+    pub fn new(stock: StockStore, amqp_url: String, metrics: Arc<PipelineMetrics>, redis_timeout: Duration) -> Self {
+        let prefix = stock.keys().prefix().to_owned();
+        Self {
+            stock,
+            amqp_url,
+            topology: Topology::new(&prefix),
+            group: format!("{prefix}-relay"),
+            consumer: format!("relay-{}", ulid::Ulid::new()),
+            metrics,
+            ack: redis::Script::new(include_str!("../../lua/ack.lua")),
+            redis_timeout,
+        }
+    }
+
+    /// Runs until `shutdown`; reconnects with backoff on any failure. On
+    /// shutdown the batch in hand is finished (published and acked) first.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut backoff = Backoff::default();
+        while !shutdown.is_cancelled() {
+            match self.session(&shutdown, &mut backoff).await {
+                Ok(()) => break,
+                Err(e) => {
+                    PipelineMetrics::add(&self.metrics.errors, 1);
+                    let delay = backoff.next_delay();
+                    tracing::warn!(error = %e, retry_in = ?delay, "outbox relay interrupted");
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+        tracing::info!(consumer = %self.consumer, "outbox relay stopped");
+    }
+
+    async fn bounded<T>(&self, fut: impl Future<Output = redis::RedisResult<T>>) -> Result<T, RelayError> {
+        tokio::time::timeout(self.redis_timeout, fut).await.map_err(|_| RelayError::Timeout)?.map_err(Into::into)
+    }
+
+    async fn ensure_groups(&self, conn: &mut ClusterConnection) -> Result<(), RelayError> {
+        for b in 0..self.stock.keys().buckets() {
+            let r: redis::RedisResult<()> = self
+                .bounded(
+                    redis::cmd("XGROUP")
+                        .arg("CREATE")
+                        .arg(self.stock.keys().outbox(b))
+                        .arg(&self.group)
+                        .arg("0")
+                        .arg("MKSTREAM")
+                        .query_async(conn),
+                )
+                .await
+                .map(|_: ()| Ok(()))
+                .unwrap_or_else(|e| match e {
+                    RelayError::Redis(r) => Err(r),
+                    _ => Ok(()),
+                });
+            if let Err(e) = r
+                && e.code() != Some("BUSYGROUP")
+            {
+                return Err(e.into());
+            }
+        }
+        Ok(())
+    }
+
+    async fn session(&self, shutdown: &CancellationToken, backoff: &mut Backoff) -> Result<(), RelayError> {
+        let conn = Connection::connect(&self.amqp_url, ConnectionProperties::default()).await?;
+        let ch = conn.create_channel().await?;
+        ch.confirm_select(ConfirmSelectOptions::default()).await?;
+        self.topology.declare(&ch).await?;
+        let mut redis = self.stock.connection();
+        self.ensure_groups(&mut redis).await?;
+        tracing::info!(consumer = %self.consumer, "outbox relay connected");
+        backoff.reset();
+
+        let mut idle = POLL_MIN;
+        let mut last_reclaim = Instant::now() - RECLAIM_EVERY;
+        loop {
+            if shutdown.is_cancelled() {
+                let _ = conn.close(200, "shutdown".into()).await;
+                return Ok(());
+            }
+            let reclaim = last_reclaim.elapsed() >= RECLAIM_EVERY;
+            if reclaim {
+                last_reclaim = Instant::now();
+            }
+            let reads = (0..self.stock.keys().buckets()).map(|b| {
+                let mut c = redis.clone();
+                async move { (b, self.read_bucket(&mut c, b, reclaim).await) }
+            });
+            let mut work = Vec::new();
+            for (b, r) in join_all(reads).await {
+                let entries = r?;
+                if !entries.is_empty() {
+                    work.push((b, entries));
+                }
+            }
+            if work.is_empty() {
+                PipelineMetrics::set(&self.metrics.outbox_age_ms, 0);
+                tokio::select! {
+                    () = shutdown.cancelled() => {}
+                    () = tokio::time::sleep(idle) => {}
+                }
+                idle = (idle * 2).min(POLL_MAX);
+                continue;
+            }
+            idle = POLL_MIN;
+            let now_ms = chrono::Utc::now().timestamp_millis().max(0) as u64;
+            let oldest = work.iter().flat_map(|(_, es)| es.iter().map(|e| id_ms(&e.id))).min().unwrap_or(now_ms);
+            PipelineMetrics::set(&self.metrics.outbox_age_ms, now_ms.saturating_sub(oldest));
+            let publishes = work.iter().map(|(b, entries)| {
+                let mut c = redis.clone();
+                let ch = &ch;
+                async move { self.publish_and_ack(ch, &mut c, *b, entries).await }
+            });
+            for r in join_all(publishes).await {
+                r?;
+            }
+        }
+    }
+
+    /// New entries of one bucket, plus (when `reclaim`) entries idle in a
+    /// dead relay's hands.
+    async fn read_bucket(
+        &self,
+        conn: &mut ClusterConnection,
+        bucket: u16,
+        reclaim: bool,
+    ) -> Result<Vec<Entry>, RelayError> {
+        let key = self.stock.keys().outbox(bucket);
+        let mut entries = Vec::new();
+        if reclaim {
+            let claimed: StreamAutoClaimReply = self
+                .bounded(
+                    redis::cmd("XAUTOCLAIM")
+                        .arg(&key)
+                        .arg(&self.group)
+                        .arg(&self.consumer)
+                        .arg(RECLAIM_IDLE.as_millis() as u64)
+                        .arg("0-0")
+                        .arg("COUNT")
+                        .arg(BATCH)
+                        .query_async(conn),
+                )
+                .await?;
+            PipelineMetrics::add(&self.metrics.reclaimed, claimed.claimed.len() as u64);
+            entries.extend(claimed.claimed.into_iter().map(entry_of));
+            // Entries deleted while pending: just clear them from the group.
+            for id in claimed.deleted_ids {
+                entries.push(Entry { id, raw: None });
+            }
+        }
+        if entries.len() < BATCH {
+            let read: Option<StreamReadReply> = self
+                .bounded(
+                    redis::cmd("XREADGROUP")
+                        .arg("GROUP")
+                        .arg(&self.group)
+                        .arg(&self.consumer)
+                        .arg("COUNT")
+                        .arg(BATCH - entries.len())
+                        .arg("STREAMS")
+                        .arg(&key)
+                        .arg(">")
+                        .query_async(conn),
+                )
+                .await?;
+            if let Some(read) = read {
+                entries.extend(read.keys.into_iter().flat_map(|k| k.ids).map(entry_of));
+            }
+        }
+        Ok(entries)
+    }
+
+    async fn publish(&self, ch: &Channel, records: &[&str]) -> Result<(), RelayError> {
+        let body = claims_body(records);
+        let first_id = serde_json::from_str::<CouponRecord>(records[0]).map(|r| r.id).unwrap_or_default();
+        let mut headers = FieldTable::default();
+        headers.insert(ShortString::from("x-claims"), AMQPValue::LongUInt(records.len() as u32));
+        let props = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into())
+            .with_message_id(first_id.as_str().into())
+            .with_headers(headers);
+        let mandatory = BasicPublishOptions { mandatory: true, ..Default::default() };
+        let claims = ch
+            .basic_publish(
+                self.topology.claims_exchange.as_str().into(),
+                CLAIM_ROUTING_KEY.into(),
+                mandatory,
+                &body,
+                props.clone(),
+            )
+            .await?;
+        let events = ch
+            .basic_publish(
+                self.topology.events_exchange.as_str().into(),
+                "claim".into(),
+                BasicPublishOptions::default(),
+                &body,
+                props,
+            )
+            .await?;
+        for (what, confirm) in [("claims", claims), ("events", events)] {
+            let c = tokio::time::timeout(CONFIRM_TIMEOUT, confirm)
+                .await
+                .map_err(|_| QueueError::Timeout(CONFIRM_TIMEOUT))?
+                .map_err(QueueError::Amqp)?;
+            if !c.is_ack() {
+                return Err(QueueError::Nacked(format!("{what}: nack")).into());
+            }
+            if c.take_message().is_some() {
+                return Err(QueueError::Nacked(format!("{what}: unroutable")).into());
+            }
+        }
+        Ok(())
+    }
+
+    async fn publish_and_ack(
+        &self,
+        ch: &Channel,
+        conn: &mut ClusterConnection,
+        bucket: u16,
+        entries: &[Entry],
+    ) -> Result<(), RelayError> {
+        // Well-formed records travel together; a malformed one alone, so the
+        // persist worker dead-letters only it.
+        let (good, bad): (Vec<&Entry>, Vec<&Entry>) = entries
+            .iter()
+            .filter(|e| e.raw.is_some())
+            .partition(|e| serde_json::from_str::<CouponRecord>(e.raw.as_deref().unwrap_or_default()).is_ok());
+        let good_raw: Vec<&str> = good.iter().filter_map(|e| e.raw.as_deref()).collect();
+        if !good_raw.is_empty() {
+            self.publish(ch, &good_raw).await?;
+            PipelineMetrics::add(&self.metrics.published_batches, 1);
+            PipelineMetrics::add(&self.metrics.relayed, good_raw.len() as u64);
+        }
+        for e in &bad {
+            tracing::error!(entry = %e.id, "malformed outbox record; sending it to the dead-letter queue");
+            self.publish(ch, &[e.raw.as_deref().unwrap_or_default()]).await?;
+        }
+        let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
+        let mut inv = self.ack.key(self.stock.keys().outbox(bucket));
+        inv.arg(&self.group);
+        for id in &ids {
+            inv.arg(*id);
+        }
+        let _: i64 = self.bounded(inv.invoke_async(conn)).await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_is_a_json_batch() {
+        let body = claims_body(&[r#"{"a":1}"#, r#"{"b":2}"#]);
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["kind"], "claims");
+        assert_eq!(v["claims"].as_array().unwrap().len(), 2);
+        assert_eq!(id_ms("1700000000123-4"), 1_700_000_000_123);
+        assert_eq!(id_ms("junk"), 0);
+    }
+}

@@ -1,0 +1,246 @@
+//! The persist worker loop (see the module note of `persist`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::db::Db;
+use crate::domain::{CampaignId, CouponId, CouponRecord, UserId};
+use crate::metrics::{Backoff, PipelineMetrics};
+use crate::outbox::QueueError;
+use crate::outbox::topology::Topology;
+
+/// Messages the broker may hand us before we ack: each carries up to 500
+/// claims, so at most ~32k claims are held in memory.
+pub const PREFETCH: u16 = 64;
+/// A batch is written when it holds this many rows...
+pub const MAX_BATCH_ROWS: usize = 5000;
+/// ...or when no more messages arrived for this long.
+pub const BATCH_WINDOW: Duration = Duration::from_millis(20);
+
+#[derive(Debug, thiserror::Error)]
+pub enum PersistError {
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    #[error("the broker closed the consumer")]
+    ConsumerClosed,
+}
+
+impl From<lapin::Error> for PersistError {
+    fn from(e: lapin::Error) -> Self {
+        PersistError::Queue(QueueError::Amqp(e))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClaimsMessage {
+    kind: String,
+    claims: Vec<CouponRecord>,
+}
+
+/// Parses and checks a claims message; `Err` is the dead-letter reason.
+pub fn parse_message(body: &[u8]) -> Result<Vec<CouponRecord>, String> {
+    let m: ClaimsMessage = serde_json::from_slice(body).map_err(|e| format!("not a claims message: {e}"))?;
+    if m.kind != "claims" {
+        return Err(format!("unknown message kind {:?}", m.kind));
+    }
+    for r in &m.claims {
+        if CouponId::parse(&r.id).is_none() {
+            return Err(format!("bad coupon id {:?}", r.id));
+        }
+        if CampaignId::parse(&r.campaign_id).is_none() {
+            return Err(format!("bad campaign id {:?}", r.campaign_id));
+        }
+        if UserId::parse(&r.user_id).is_none() {
+            return Err(format!("bad user id in coupon {}", r.id));
+        }
+        let plausible = |ms: i64| (0..=253_402_300_799_000).contains(&ms);
+        if !(plausible(r.claimed_at_ms) && plausible(r.valid_from_ms) && plausible(r.valid_until_ms)) {
+            return Err(format!("times out of range in coupon {}", r.id));
+        }
+    }
+    Ok(m.claims)
+}
+
+pub struct PersistWorker {
+    db: Db,
+    amqp_url: String,
+    topology: Topology,
+    metrics: Arc<PipelineMetrics>,
+}
+
+impl PersistWorker {
+    pub fn new(db: Db, amqp_url: String, prefix: &str, metrics: Arc<PipelineMetrics>) -> Self {
+        Self { db, amqp_url, topology: Topology::new(prefix), metrics }
+    }
+
+    /// Runs until `shutdown`, reconnecting with backoff.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut backoff = Backoff::default();
+        while !shutdown.is_cancelled() {
+            match self.session(&shutdown, &mut backoff).await {
+                Ok(()) => break,
+                Err(e) => {
+                    PipelineMetrics::add(&self.metrics.errors, 1);
+                    let delay = backoff.next_delay();
+                    tracing::warn!(error = %e, retry_in = ?delay, "persist worker interrupted");
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+        tracing::info!("persist worker stopped");
+    }
+
+    async fn session(&self, shutdown: &CancellationToken, backoff: &mut Backoff) -> Result<(), PersistError> {
+        let conn = Connection::connect(&self.amqp_url, ConnectionProperties::default()).await?;
+        let ch = conn.create_channel().await?;
+        ch.confirm_select(ConfirmSelectOptions::default()).await?;
+        self.topology.declare(&ch).await?;
+        ch.basic_qos(PREFETCH, BasicQosOptions::default()).await?;
+        let mut consumer = ch
+            .basic_consume(
+                self.topology.claims_queue.as_str().into(),
+                format!("persist-{}", ulid::Ulid::new()).as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        tracing::info!(queue = %self.topology.claims_queue, "persist worker consuming");
+        backoff.reset();
+        loop {
+            let first = tokio::select! {
+                () = shutdown.cancelled() => {
+                    let _ = conn.close(200, "shutdown".into()).await;
+                    return Ok(());
+                }
+                d = consumer.next() => d,
+            };
+            let mut batch = vec![first.ok_or(PersistError::ConsumerClosed)??];
+            self.fill(&mut consumer, &mut batch).await?;
+            if !self.process(&ch, batch, shutdown).await? {
+                let _ = conn.close(200, "shutdown".into()).await;
+                return Ok(());
+            }
+        }
+    }
+
+    /// Adds deliveries already waiting, up to the batch limits.
+    async fn fill(&self, consumer: &mut Consumer, batch: &mut Vec<Delivery>) -> Result<(), PersistError> {
+        let deadline = tokio::time::Instant::now() + BATCH_WINDOW;
+        // A rough row count: each message carries up to 500 claims.
+        while batch.len() * 500 < MAX_BATCH_ROWS && batch.len() < usize::from(PREFETCH) {
+            match tokio::time::timeout_at(deadline, consumer.next()).await {
+                Err(_) => break,
+                Ok(None) => return Err(PersistError::ConsumerClosed),
+                Ok(Some(d)) => batch.push(d?),
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes a batch and acks it. Returns false when shutdown came while
+    /// the database was unreachable (nothing acked: redelivered later).
+    async fn process(
+        &self,
+        ch: &Channel,
+        batch: Vec<Delivery>,
+        shutdown: &CancellationToken,
+    ) -> Result<bool, PersistError> {
+        let mut good = Vec::with_capacity(batch.len());
+        let mut records = Vec::new();
+        for d in batch {
+            match parse_message(&d.data) {
+                Ok(rs) => {
+                    records.extend(rs);
+                    good.push(d);
+                }
+                Err(reason) => self.dead_letter(ch, d, &reason).await?,
+            }
+        }
+        let mut backoff = Backoff::default();
+        loop {
+            match self.db.insert_coupons(&records).await {
+                Ok(_new) => break,
+                Err(e) => {
+                    PipelineMetrics::add(&self.metrics.errors, 1);
+                    let delay = backoff.next_delay();
+                    tracing::warn!(error = %e, rows = records.len(), retry_in = ?delay, "cannot write claims to mysql; will retry");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return Ok(false),
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+        let now = chrono::Utc::now().timestamp_millis();
+        let lag = records.iter().map(|r| now - r.claimed_at_ms).max().unwrap_or(0).max(0) as u64;
+        PipelineMetrics::set(&self.metrics.persist_lag_ms, lag);
+        PipelineMetrics::add(&self.metrics.persisted, records.len() as u64);
+        for d in good {
+            d.ack(BasicAckOptions::default()).await?;
+        }
+        Ok(true)
+    }
+
+    /// Republishes `d` to the dead-letter exchange with the reason, then
+    /// acks it: nothing is dropped silently, and the worker goes on.
+    async fn dead_letter(&self, ch: &Channel, d: Delivery, reason: &str) -> Result<(), PersistError> {
+        tracing::error!(%reason, "dead-lettering a message from the claims queue");
+        let mut headers = d.properties.headers().clone().unwrap_or_default();
+        headers.insert(ShortString::from("x-flashgrab-reason"), AMQPValue::LongString(LongString::from(reason)));
+        headers.insert(
+            ShortString::from("x-flashgrab-queue"),
+            AMQPValue::LongString(LongString::from(self.topology.claims_queue.as_str())),
+        );
+        let props = BasicProperties::default().with_delivery_mode(2).with_headers(headers);
+        let confirm = ch
+            .basic_publish(
+                self.topology.dead_letter_exchange.as_str().into(),
+                "".into(),
+                BasicPublishOptions::default(),
+                &d.data,
+                props,
+            )
+            .await?
+            .await?;
+        if !confirm.is_ack() {
+            return Err(QueueError::Nacked("dead-letter publish".into()).into());
+        }
+        PipelineMetrics::add(&self.metrics.dead_lettered, 1);
+        d.ack(BasicAckOptions::default()).await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_claims_and_refuses_poison() {
+        let rec = r#"{"id":"01JD0000000000000000000000","campaign_id":"01JD0000000000000000000001","user_id":"u","shard":0,"claimed_at_ms":1,"valid_from_ms":1,"valid_until_ms":2}"#;
+        assert_eq!(parse_message(format!(r#"{{"kind":"claims","claims":[{rec}]}}"#).as_bytes()).unwrap().len(), 1);
+        for poison in [
+            "garbage".to_owned(),
+            r#"{"kind":"claims"}"#.to_owned(),
+            r#"{"kind":"other","claims":[]}"#.to_owned(),
+            format!(r#"{{"kind":"claims","claims":[{}]}}"#, rec.replace("\"u\"", &format!("\"{}\"", "x".repeat(65)))),
+            format!(r#"{{"kind":"claims","claims":[{}]}}"#, rec.replace("01JD0000000000000000000000", "nope")),
+        ] {
+            assert!(parse_message(poison.as_bytes()).is_err(), "{poison}");
+        }
+    }
+}

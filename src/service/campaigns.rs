@@ -59,6 +59,11 @@ impl CampaignCache {
         entries.get(id).filter(|(at, _)| at.elapsed() < self.ttl).map(|(_, c)| c.clone())
     }
 
+    /// The cached copy whatever its age.
+    fn get_stale(&self, id: &CampaignId) -> Option<Arc<Campaign>> {
+        self.entries.read().unwrap_or_else(|e| e.into_inner()).get(id).map(|(_, c)| c.clone())
+    }
+
     fn put(&self, c: Arc<Campaign>) {
         let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
         if entries.len() >= CACHE_CAPACITY {
@@ -112,17 +117,32 @@ impl CampaignService {
         Ok(CampaignView { campaign, status })
     }
 
-    /// The campaign's terms, from the cache when fresh.
+    /// The campaign's terms, from the cache when fresh. When MySQL cannot be
+    /// reached, a stale cached copy is used rather than failing the claim:
+    /// the terms never change after creation except `closed_at`, and a close
+    /// is enforced by the shards in Redis anyway.
     pub async fn find(&self, id: &CampaignId) -> Result<Option<Arc<Campaign>>> {
         if let Some(c) = self.cache.get(id) {
             return Ok(Some(c));
         }
-        let Some(c) = self.db.get_campaign(id).await? else {
-            return Ok(None);
-        };
-        let c = Arc::new(c);
-        self.cache.put(c.clone());
-        Ok(Some(c))
+        match self.db.get_campaign(id).await {
+            Ok(Some(c)) => {
+                let c = Arc::new(c);
+                self.cache.put(c.clone());
+                Ok(Some(c))
+            }
+            Ok(None) => Ok(None),
+            Err(e) => match self.cache.get_stale(id) {
+                Some(c) => {
+                    tracing::warn!(error = %e, campaign = %id, "mysql unavailable; using the cached campaign");
+                    // Trust it for another TTL instead of paying a failed
+                    // query on every claim while MySQL is down.
+                    self.cache.put(c.clone());
+                    Ok(Some(c))
+                }
+                None => Err(e.into()),
+            },
+        }
     }
 
     async fn view(&self, campaign: Arc<Campaign>, now: DateTime<Utc>) -> Result<CampaignView> {

@@ -73,3 +73,277 @@ async fn claims_survive_redis_master_restarts() {
     assert_eq!(st["claimed"], granted, "{st}");
     assert_eq!(st["remaining"].as_u64().unwrap() + granted, 100, "{st}");
 }
+
+// ---------------------------------------------------------------------------
+// Invariant 3 under faults: every claim answered 201 becomes exactly one row.
+// ---------------------------------------------------------------------------
+
+use std::collections::HashSet;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Keeps claiming with fresh users, `width` requests in flight, until
+/// stopped; collects the coupon ids answered 201. Connection errors (a
+/// killed server) and 503s are expected and simply retried with a new user.
+struct Burst {
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<Vec<String>>>,
+}
+
+impl Burst {
+    fn start(
+        client: reqwest::Client,
+        base: String,
+        campaign: String,
+        jwt: flashgrab::auth::JwtKeys,
+        width: usize,
+    ) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let tasks = (0..width)
+            .map(|w| {
+                let (client, base, campaign, jwt, stop) =
+                    (client.clone(), base.clone(), campaign.clone(), jwt.clone(), stop.clone());
+                tokio::spawn(async move {
+                    let mut granted = Vec::new();
+                    let mut n = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        n += 1;
+                        let token = jwt.sign(&format!("b{w}-{n}"), chrono::Utc::now().timestamp() + 600);
+                        let r = client
+                            .post(format!("{base}/v1/campaigns/{campaign}/claim"))
+                            .bearer_auth(token)
+                            .timeout(Duration::from_secs(5))
+                            .send()
+                            .await;
+                        match r {
+                            Ok(r) if r.status() == StatusCode::CREATED => {
+                                let body: serde_json::Value = r.json().await.unwrap();
+                                granted.push(body["id"].as_str().unwrap().to_owned());
+                            }
+                            Ok(r) if r.status().as_u16() == 410 => break,
+                            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+                        }
+                    }
+                    granted
+                })
+            })
+            .collect();
+        Self { stop, tasks }
+    }
+
+    async fn finish(self) -> Vec<String> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut all = Vec::new();
+        for t in self.tasks {
+            all.extend(t.await.unwrap());
+        }
+        all
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Starts the real binary (`flashgrab <args>`) for a test's prefix and db.
+fn spawn_binary(args: &[&str], prefix: &str, db_name: &str, port: u16) -> Child {
+    let s = settings(prefix, db_name);
+    Command::new(env!("CARGO_BIN_EXE_flashgrab"))
+        .args(args)
+        .env("FLASHGRAB_LISTEN", format!("127.0.0.1:{port}"))
+        .env("FLASHGRAB_REDIS_NODES", s.redis_nodes.join(","))
+        .env("FLASHGRAB_AMQP_URL", &s.amqp_url)
+        .env("FLASHGRAB_MYSQL_URL", &s.mysql_url)
+        .env("FLASHGRAB_KEY_PREFIX", prefix)
+        .env("FLASHGRAB_ADMIN_TOKEN", ADMIN)
+        .env("FLASHGRAB_USER_JWT_SECRET", SECRET)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("the flashgrab binary starts")
+}
+
+async fn wait_healthy(client: &reqwest::Client, base: &str) {
+    for _ in 0..300 {
+        if let Ok(r) = client.get(format!("{base}/healthz")).send().await
+            && r.status().is_success()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{base} never became healthy");
+}
+
+fn kill9(child: &mut Child) {
+    let _ = Command::new("kill").args(["-9", &child.id().to_string()]).status();
+    let _ = child.wait();
+}
+
+/// The end state every fault test must reach: the rows in MySQL are exactly
+/// the claims Redis granted, every 201 is among them, no duplicates, and
+/// reconcile reports a match.
+async fn assert_exactly_once(app: &TestApp, campaign: &str, answered_201: &[String]) {
+    let st = app.stats(campaign).await;
+    let claimed = st["claimed"].as_u64().unwrap();
+    assert!(claimed >= answered_201.len() as u64, "{st}");
+    app.wait_persisted(campaign, claimed, 90).await;
+    let rows: Vec<String> = app.state.db.campaign_coupons(campaign).await.unwrap().into_iter().map(|r| r.id).collect();
+    let unique: HashSet<&String> = rows.iter().collect();
+    assert_eq!(unique.len(), rows.len(), "duplicate rows");
+    assert_eq!(rows.len() as u64, claimed, "one row per grant");
+    for id in answered_201 {
+        assert!(unique.contains(id), "coupon {id} was answered 201 but has no row");
+    }
+    let report = app.reconcile(campaign, false).await;
+    assert!(report.matched(), "{report}");
+}
+
+async fn big_campaign(app: &TestApp) -> String {
+    let mut body = campaign_body(1_000_000);
+    body["shards"] = json!(6);
+    app.create_campaign(body).await["id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_serve_mid_burst_loses_no_claim() {
+    let _guard = STACK.lock().await;
+    let (prefix, db_name) = fresh_names();
+    // An in-process instance without the pipeline: used for admin calls,
+    // stats and reconcile; the serving, relaying, persisting one is a child.
+    let app = spawn_named(1, &prefix, &db_name, false, false).await;
+    let campaign = big_campaign(&app).await;
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut child = spawn_binary(&["serve"], &prefix, &db_name, port);
+    wait_healthy(&app.client, &base).await;
+
+    let burst = Burst::start(app.client.clone(), base.clone(), campaign.clone(), app.jwt.clone(), 16);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    kill9(&mut child);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut child = spawn_binary(&["serve"], &prefix, &db_name, port);
+    wait_healthy(&app.client, &base).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let granted = burst.finish().await;
+    assert!(granted.len() > 50, "the burst granted claims ({})", granted.len());
+
+    assert_exactly_once(&app, &campaign, &granted).await;
+    kill9(&mut child);
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_the_persist_worker_mid_batch_loses_no_claim() {
+    let _guard = STACK.lock().await;
+    let (prefix, db_name) = fresh_names();
+    // Serving and relaying in process; persisting in a child we kill.
+    let app = spawn_named(1, &prefix, &db_name, true, false).await;
+    let campaign = big_campaign(&app).await;
+    let mut worker = spawn_binary(&["persist"], &prefix, &db_name, 0);
+
+    let burst = Burst::start(app.client.clone(), app.url(""), campaign.clone(), app.jwt.clone(), 16);
+    // Kill it while it is writing: once rows are flowing.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while app.stats(&campaign).await["persisted"].as_u64().unwrap() < 100 {
+        assert!(std::time::Instant::now() < deadline, "the worker never persisted anything");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    kill9(&mut worker);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let mut worker = spawn_binary(&["persist"], &prefix, &db_name, 0);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let granted = burst.finish().await;
+
+    assert_exactly_once(&app, &campaign, &granted).await;
+    kill9(&mut worker);
+    app.cleanup().await;
+}
+
+fn rabbitmqctl(arg: &str) {
+    let ok = Command::new("rabbitmqctl").arg(arg).stdout(Stdio::null()).status().map(|s| s.success()).unwrap_or(false);
+    assert!(ok, "rabbitmqctl {arg} failed");
+}
+
+/// Restarts the broker app even if the test fails half-way.
+struct RabbitGuard;
+impl Drop for RabbitGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl").arg("start_app").stdout(Stdio::null()).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_restart_mid_burst_loses_no_claim() {
+    let _guard = STACK.lock().await;
+    let app = spawn_pipeline_app().await;
+    let campaign = big_campaign(&app).await;
+    let burst = Burst::start(app.client.clone(), app.url(""), campaign.clone(), app.jwt.clone(), 16);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+
+    let rabbit = RabbitGuard;
+    rabbitmqctl("stop_app");
+    let during_start = app.stats(&campaign).await["claimed"].as_u64().unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let during_end = app.stats(&campaign).await["claimed"].as_u64().unwrap();
+    assert!(during_end > during_start, "claims keep being granted while the broker is down");
+    rabbitmqctl("start_app");
+    drop(rabbit);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let granted = burst.finish().await;
+
+    assert_exactly_once(&app, &campaign, &granted).await;
+    app.cleanup().await;
+}
+
+/// Starts MariaDB again even if the test fails half-way.
+struct MariaGuard;
+impl Drop for MariaGuard {
+    fn drop(&mut self) {
+        start_mariadb();
+    }
+}
+
+fn start_mariadb() {
+    let _ = Command::new("start-stop-daemon")
+        .args(["--start", "--oknodo", "--background", "--exec", "/usr/sbin/mariadbd"])
+        .status();
+    for _ in 0..300 {
+        let up = Command::new("mariadb")
+            .args(["-uroot", "-h127.0.0.1", "-e", "select 1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if up {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!(
+        "MariaDB did not come back: start it with start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_outage_mid_burst_loses_no_claim() {
+    let _guard = STACK.lock().await;
+    let app = spawn_pipeline_app().await;
+    let campaign = big_campaign(&app).await;
+    let burst = Burst::start(app.client.clone(), app.url(""), campaign.clone(), app.jwt.clone(), 16);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+
+    let maria = MariaGuard;
+    let stopped = Command::new("mariadb-admin").args(["-uroot", "-h127.0.0.1", "shutdown"]).status().unwrap();
+    assert!(stopped.success(), "mariadb-admin shutdown");
+    // Claims go on from Redis (the campaign is cached) while MySQL is down.
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    drop(maria);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let granted = burst.finish().await;
+
+    assert_exactly_once(&app, &campaign, &granted).await;
+    app.cleanup().await;
+}

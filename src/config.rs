@@ -48,6 +48,9 @@ pub struct Settings {
     pub mysql_max_connections: u32,
     /// How long an instance trusts its cached copy of a campaign's terms.
     pub campaign_cache_ttl: Duration,
+    /// An outbox entry delivered to a relay and not confirmed for this long
+    /// is taken over by another relay (the first one is presumed dead).
+    pub relay_reclaim_idle: Duration,
     /// `text` or `json` logs.
     pub log_format: LogFormat,
     /// True when the secrets were generated (dev mode): print them.
@@ -103,6 +106,7 @@ struct FileSettings {
     mysql_timeout_ms: Option<u64>,
     mysql_max_connections: Option<u32>,
     campaign_cache_ms: Option<u64>,
+    relay_reclaim_ms: Option<u64>,
     log_format: Option<String>,
 }
 
@@ -209,11 +213,13 @@ impl Settings {
         let redis_timeout_ms = num("REDIS_TIMEOUT_MS", file.redis_timeout_ms, 1000)?;
         let mysql_timeout_ms = num("MYSQL_TIMEOUT_MS", file.mysql_timeout_ms, 5000)?;
         let campaign_cache_ms = num("CAMPAIGN_CACHE_MS", file.campaign_cache_ms, 1000)?;
+        let relay_reclaim_ms = num("RELAY_RECLAIM_MS", file.relay_reclaim_ms, 15_000)?;
         let mysql_max_connections = num("MYSQL_MAX_CONNECTIONS", file.mysql_max_connections.map(u64::from), 16)?;
         for (name, v, lo, hi) in [
             ("FLASHGRAB_REDIS_TIMEOUT_MS", redis_timeout_ms, 10, 60_000),
             ("FLASHGRAB_MYSQL_TIMEOUT_MS", mysql_timeout_ms, 10, 300_000),
             ("FLASHGRAB_CAMPAIGN_CACHE_MS", campaign_cache_ms, 0, 3_600_000),
+            ("FLASHGRAB_RELAY_RECLAIM_MS", relay_reclaim_ms, 100, 3_600_000),
             ("FLASHGRAB_MYSQL_MAX_CONNECTIONS", mysql_max_connections, 1, 1000),
         ] {
             if !(lo..=hi).contains(&v) {
@@ -238,6 +244,7 @@ impl Settings {
             mysql_timeout: Duration::from_millis(mysql_timeout_ms),
             mysql_max_connections: mysql_max_connections as u32,
             campaign_cache_ttl: Duration::from_millis(campaign_cache_ms),
+            relay_reclaim_idle: Duration::from_millis(relay_reclaim_ms),
             log_format,
             generated_secrets,
             run_relay: true,

@@ -12,6 +12,9 @@ pub struct PipelineMetrics {
     pub published_batches: AtomicU64,
     /// Entries taken over from a dead relay (XAUTOCLAIM).
     pub reclaimed: AtomicU64,
+    /// Entries in all outbox streams (not yet confirmed by RabbitMQ), as of
+    /// the last reclaim pass (every second).
+    pub outbox_len: AtomicU64,
     /// Age of the oldest outbox entry seen in the last relay pass, ms.
     pub outbox_age_ms: AtomicU64,
     /// Rows written (or found already written) by the persist worker.

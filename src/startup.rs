@@ -54,14 +54,20 @@ impl Application {
             .await
             .map_err(|source| StartupError::Redis { nodes: settings.redis_nodes.join(","), source })?;
         let metrics = Arc::new(PipelineMetrics::default());
-        let relay = settings
-            .run_relay
-            .then(|| Relay::new(stock.clone(), settings.amqp_url.clone(), metrics.clone(), settings.redis_timeout));
+        let relay = settings.run_relay.then(|| {
+            Relay::new(
+                stock.clone(),
+                settings.amqp_url.clone(),
+                metrics.clone(),
+                settings.redis_timeout,
+                settings.relay_reclaim_idle,
+            )
+        });
         let worker = settings
             .run_persist
             .then(|| PersistWorker::new(db.clone(), settings.amqp_url.clone(), &settings.key_prefix, metrics.clone()));
         let campaigns = CampaignService::new(db.clone(), stock.clone(), settings.campaign_cache_ttl);
-        let claims = ClaimService::new(campaigns.clone(), stock.clone());
+        let claims = ClaimService::new(campaigns.clone(), stock.clone(), db.clone());
         let state = AppState::new(AppInner {
             campaigns,
             claims,

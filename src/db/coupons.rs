@@ -43,6 +43,33 @@ impl CouponRow {
     }
 }
 
+fn row_of(r: &sqlx::mysql::MySqlRow) -> std::result::Result<CouponRow, sqlx::Error> {
+    Ok(CouponRow {
+        id: r.try_get("id")?,
+        campaign_id: r.try_get("campaign_id")?,
+        user_id: r.try_get("user_id")?,
+        shard: r.try_get("shard")?,
+        claimed_at: r.try_get("claimed_at")?,
+        valid_from: r.try_get("valid_from")?,
+        valid_until: r.try_get("valid_until")?,
+    })
+}
+
+impl CouponRow {
+    /// Back to the claim record it was written from.
+    pub fn to_record(&self) -> CouponRecord {
+        CouponRecord {
+            id: self.id.clone(),
+            campaign_id: self.campaign_id.clone(),
+            user_id: self.user_id.clone(),
+            shard: self.shard,
+            claimed_at_ms: self.claimed_at.timestamp_millis(),
+            valid_from_ms: self.valid_from.timestamp_millis(),
+            valid_until_ms: self.valid_until.timestamp_millis(),
+        }
+    }
+}
+
 impl Db {
     /// Writes `records` in one transaction; returns how many rows were new.
     pub async fn insert_coupons(&self, records: &[CouponRecord]) -> Result<u64> {
@@ -75,6 +102,20 @@ impl Db {
         self.run(work).await
     }
 
+    /// A user's coupon rows, optionally of one campaign (newest first, at most
+    /// 1000: the listing is for an app screen).
+    pub async fn user_coupons(&self, user_id: &str, campaign_id: Option<&str>) -> Result<Vec<CouponRow>> {
+        let q = sqlx::query(
+            "SELECT id, campaign_id, user_id, shard, claimed_at, valid_from, valid_until FROM coupons \
+             WHERE user_id = ? AND (? IS NULL OR campaign_id = ?) ORDER BY claimed_at DESC LIMIT 1000",
+        )
+        .bind(user_id)
+        .bind(campaign_id)
+        .bind(campaign_id);
+        let rows = self.run(q.fetch_all(self.pool())).await?;
+        rows.iter().map(row_of).collect::<std::result::Result<_, sqlx::Error>>().map_err(Into::into)
+    }
+
     /// Every coupon row of a campaign (reconcile).
     pub async fn campaign_coupons(&self, campaign_id: &str) -> Result<Vec<CouponRow>> {
         let q = sqlx::query(
@@ -82,19 +123,6 @@ impl Db {
         )
         .bind(campaign_id);
         let rows = self.run(q.fetch_all(self.pool())).await?;
-        rows.iter()
-            .map(|r| {
-                Ok(CouponRow {
-                    id: r.try_get("id")?,
-                    campaign_id: r.try_get("campaign_id")?,
-                    user_id: r.try_get("user_id")?,
-                    shard: r.try_get("shard")?,
-                    claimed_at: r.try_get("claimed_at")?,
-                    valid_from: r.try_get("valid_from")?,
-                    valid_until: r.try_get("valid_until")?,
-                })
-            })
-            .collect::<std::result::Result<_, sqlx::Error>>()
-            .map_err(Into::into)
+        rows.iter().map(row_of).collect::<std::result::Result<_, sqlx::Error>>().map_err(Into::into)
     }
 }

@@ -14,7 +14,7 @@
 //! 3. `lua/ack.lua`: `XACK` + `XDEL` of exactly the confirmed entries.
 //!
 //! A relay that dies between 2 and 3 leaves entries pending in the group;
-//! `XAUTOCLAIM` hands them to a live relay after [`relay::RECLAIM_IDLE`] and
+//! `XAUTOCLAIM` hands them to a live relay after `FLASHGRAB_RELAY_RECLAIM_MS` and
 //! they are published again (the persist worker is idempotent per coupon
 //! id). Blocking reads are avoided on purpose: the cluster connection is
 //! multiplexed and a `BLOCK` would stall the claims sharing it.

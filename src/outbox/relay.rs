@@ -20,10 +20,8 @@ use crate::stock::StockStore;
 
 /// Claims per message, and entries read per stream per pass.
 pub const BATCH: usize = 500;
-/// An entry delivered to a relay and not acked for this long is taken over.
-pub const RECLAIM_IDLE: Duration = Duration::from_secs(15);
 /// How often a relay looks for entries to take over.
-const RECLAIM_EVERY: Duration = Duration::from_secs(5);
+const RECLAIM_EVERY: Duration = Duration::from_secs(1);
 /// Idle polling interval bounds (no blocking reads on the shared connection).
 const POLL_MIN: Duration = Duration::from_millis(2);
 const POLL_MAX: Duration = Duration::from_millis(50);
@@ -89,10 +87,18 @@ pub struct Relay {
     metrics: Arc<PipelineMetrics>,
     ack: redis::Script,
     redis_timeout: Duration,
+    /// Entries pending with another consumer for this long are taken over.
+    reclaim_idle: Duration,
 }
 
 impl Relay {
-    pub fn new(stock: StockStore, amqp_url: String, metrics: Arc<PipelineMetrics>, redis_timeout: Duration) -> Self {
+    pub fn new(
+        stock: StockStore,
+        amqp_url: String,
+        metrics: Arc<PipelineMetrics>,
+        redis_timeout: Duration,
+        reclaim_idle: Duration,
+    ) -> Self {
         let prefix = stock.keys().prefix().to_owned();
         Self {
             stock,
@@ -103,6 +109,7 @@ impl Relay {
             metrics,
             ack: redis::Script::new(include_str!("../../lua/ack.lua")),
             redis_timeout,
+            reclaim_idle,
         }
     }
 
@@ -184,11 +191,16 @@ impl Relay {
                 async move { (b, self.read_bucket(&mut c, b, reclaim).await) }
             });
             let mut work = Vec::new();
+            let mut backlog = 0;
             for (b, r) in join_all(reads).await {
-                let entries = r?;
+                let (entries, len) = r?;
+                backlog += len;
                 if !entries.is_empty() {
                     work.push((b, entries));
                 }
+            }
+            if reclaim {
+                PipelineMetrics::set(&self.metrics.outbox_len, backlog);
             }
             if work.is_empty() {
                 PipelineMetrics::set(&self.metrics.outbox_age_ms, 0);
@@ -215,23 +227,25 @@ impl Relay {
     }
 
     /// New entries of one bucket, plus (when `reclaim`) entries idle in a
-    /// dead relay's hands.
+    /// dead relay's hands and the stream's length.
     async fn read_bucket(
         &self,
         conn: &mut ClusterConnection,
         bucket: u16,
         reclaim: bool,
-    ) -> Result<Vec<Entry>, RelayError> {
+    ) -> Result<(Vec<Entry>, u64), RelayError> {
         let key = self.stock.keys().outbox(bucket);
         let mut entries = Vec::new();
+        let mut len = 0;
         if reclaim {
+            len = self.bounded(redis::cmd("XLEN").arg(&key).query_async(conn)).await?;
             let claimed: StreamAutoClaimReply = self
                 .bounded(
                     redis::cmd("XAUTOCLAIM")
                         .arg(&key)
                         .arg(&self.group)
                         .arg(&self.consumer)
-                        .arg(RECLAIM_IDLE.as_millis() as u64)
+                        .arg(self.reclaim_idle.as_millis() as u64)
                         .arg("0-0")
                         .arg("COUNT")
                         .arg(BATCH)
@@ -264,7 +278,7 @@ impl Relay {
                 entries.extend(read.keys.into_iter().flat_map(|k| k.ids).map(entry_of));
             }
         }
-        Ok(entries)
+        Ok((entries, len))
     }
 
     async fn publish(&self, ch: &Channel, records: &[&str]) -> Result<(), RelayError> {

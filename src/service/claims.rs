@@ -10,6 +10,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 use super::{CampaignService, Result};
+use crate::db::Db;
 use crate::domain::campaign::{AppliesTo, Discount};
 use crate::domain::{Campaign, CampaignId, CouponId, CouponRecord, UserId};
 use crate::stock::{ClaimOutcome, StockStore};
@@ -82,11 +83,12 @@ pub enum ClaimResult {
 pub struct ClaimService {
     campaigns: CampaignService,
     stock: StockStore,
+    db: Db,
 }
 
 impl ClaimService {
-    pub fn new(campaigns: CampaignService, stock: StockStore) -> Self {
-        Self { campaigns, stock }
+    pub fn new(campaigns: CampaignService, stock: StockStore, db: Db) -> Self {
+        Self { campaigns, stock, db }
     }
 
     pub async fn claim(
@@ -121,8 +123,9 @@ impl ClaimService {
         })
     }
 
-    /// The user's coupons, straight from the stock store (a claim shows the
-    /// moment it was granted). Scans the newest campaigns; optional filters.
+    /// The user's coupons: the claim records in Redis (a claim shows the
+    /// moment it was granted) merged with the rows in MySQL (by coupon id).
+    /// Scans the newest campaigns; optional filters.
     pub async fn my_coupons(
         &self,
         user: &UserId,
@@ -135,13 +138,26 @@ impl ClaimService {
             None => self.campaigns.list_terms().await?,
         };
         let reads = campaigns.iter().map(|c| self.stock.user_coupons(c, user));
-        let per_campaign = futures_util::future::try_join_all(reads).await?;
-        let mut out: Vec<CouponView> = campaigns
-            .iter()
-            .zip(per_campaign)
-            .flat_map(|(c, records)| records.into_iter().map(move |r| CouponView::new(&r, c, now)))
-            .filter(|v| status.is_none_or(|s| v.status == s))
-            .collect();
+        let (per_campaign, rows) = tokio::join!(
+            futures_util::future::try_join_all(reads),
+            self.db.user_coupons(user.as_str(), campaign.map(CampaignId::as_str))
+        );
+        let mut seen = std::collections::HashSet::new();
+        let mut out: Vec<CouponView> = Vec::new();
+        for (c, records) in campaigns.iter().zip(per_campaign?) {
+            for r in records {
+                seen.insert(r.id.clone());
+                out.push(CouponView::new(&r, c, now));
+            }
+        }
+        for row in rows? {
+            if seen.contains(&row.id) {
+                continue;
+            }
+            let Some(c) = campaigns.iter().find(|c| c.id.as_str() == row.campaign_id) else { continue };
+            out.push(CouponView::new(&row.to_record(), c, now));
+        }
+        out.retain(|v| status.is_none_or(|s| v.status == s));
         out.sort_by(|a, b| b.claimed_at.cmp(&a.claimed_at).then_with(|| b.id.cmp(&a.id)));
         Ok(out)
     }

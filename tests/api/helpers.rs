@@ -44,6 +44,7 @@ pub fn settings(prefix: &str, db: &str) -> Settings {
         ("FLASHGRAB_KEY_PREFIX", prefix.to_owned()),
         ("FLASHGRAB_REDIS_TIMEOUT_MS", "3000".to_owned()),
         ("FLASHGRAB_MYSQL_MAX_CONNECTIONS", "4".to_owned()),
+        ("FLASHGRAB_RELAY_RECLAIM_MS", "2000".to_owned()),
     ]);
     Settings::load(None, |k| vars.get(k).cloned(), false).expect("test settings are valid")
 }

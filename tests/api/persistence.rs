@@ -169,3 +169,79 @@ async fn reconcile_reports_missing_and_extra_rows_and_repairs() {
     assert!(text.contains("extra rows:       1") && text.contains("MISMATCH"), "{text}");
     app.cleanup().await;
 }
+
+/// A relay that read entries and died before publishing them: another
+/// relay takes them over (XAUTOCLAIM) once they sat idle, and they reach
+/// MySQL exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_held_by_a_dead_relay_are_reclaimed() {
+    let (prefix, db_name) = fresh_names();
+    let quiet = spawn_named(1, &prefix, &db_name, false, false).await;
+    let c = quiet.create_campaign(campaign_body(40)).await;
+    let id = c["id"].as_str().unwrap();
+    let granted = grants(&quiet, id, 10, "dead").await;
+    assert_eq!(granted.len(), 10);
+
+    // The "dead" relay: joins the group and takes every entry, never acks.
+    let mut conn = quiet.stock.connection();
+    let group = format!("{prefix}-relay");
+    let mut taken = 0;
+    for b in 0..quiet.stock.keys().buckets() {
+        let key = quiet.stock.keys().outbox(b);
+        let _: redis::RedisResult<()> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&key)
+            .arg(&group)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut conn)
+            .await;
+        let read: Option<redis::streams::StreamReadReply> = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(&group)
+            .arg("dead-relay")
+            .arg("STREAMS")
+            .arg(&key)
+            .arg(">")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        taken += read.map_or(0, |r| r.keys.iter().map(|k| k.ids.len()).sum::<usize>());
+    }
+    assert_eq!(taken, 10, "the dead relay holds every entry");
+
+    let live = spawn_named(1, &prefix, &db_name, true, true).await;
+    live.wait_persisted(id, 10, 60).await;
+    let reclaimed = live.state.metrics.reclaimed.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(reclaimed >= 10, "taken over by XAUTOCLAIM ({reclaimed})");
+    assert!(live.reconcile(id, false).await.matched());
+    live.cleanup().await;
+}
+
+/// `GET /v1/me/coupons` merges the rows in MySQL with the claims in Redis:
+/// a row Redis does not hold (e.g. written by reconcile from a backup) is
+/// listed too, and a coupon in both is listed once.
+#[tokio::test]
+async fn my_coupons_merge_database_rows() {
+    let app = spawn_app().await;
+    let c = app.create_campaign(campaign_body(30)).await;
+    let id = c["id"].as_str().unwrap();
+    let (status, mine) = app.claim(id, "merge-user").await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(app.reconcile(id, true).await.repaired, 1);
+    sqlx::query(
+        "INSERT INTO coupons (id, campaign_id, user_id, shard, claimed_at, valid_from, valid_until) \
+         VALUES ('01JD0000000000000000000007', ?, 'merge-user', 0, NOW(3), NOW(3), NOW(3) + INTERVAL 1 DAY)",
+    )
+    .bind(id)
+    .execute(app.state.db.pool())
+    .await
+    .unwrap();
+    let listed = app.my_coupons("merge-user", "").await;
+    let ids: Vec<&str> = listed["coupons"].as_array().unwrap().iter().map(|c| c["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 2, "{listed}");
+    assert!(ids.contains(&"01JD0000000000000000000007") && ids.contains(&mine["id"].as_str().unwrap()));
+    let filtered = app.my_coupons("merge-user", &format!("?campaign_id={id}")).await;
+    assert_eq!(filtered["coupons"].as_array().unwrap().len(), 2);
+    app.cleanup().await;
+}

@@ -94,8 +94,6 @@ fn load(common: &Common) -> Result<Settings, ExitCode> {
 fn print_dev_help(settings: &Settings, addr: std::net::SocketAddr) {
     let token =
         JwtKeys::new(settings.user_jwt_secret.as_bytes()).sign("demo-user", chrono::Utc::now().timestamp() + 86_400);
-    let start = (chrono::Utc::now() + chrono::Duration::seconds(5)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let end = (chrono::Utc::now() + chrono::Duration::hours(2)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     println!("flashgrab is listening on http://{addr}");
     if settings.generated_secrets {
         println!(
@@ -105,9 +103,9 @@ fn print_dev_help(settings: &Settings, addr: std::net::SocketAddr) {
     println!("\n  admin token:      {}", settings.admin_token);
     println!("  user jwt secret:  {}", settings.user_jwt_secret);
     println!("  user token (sub=demo-user, 24h):\n    {token}\n");
-    println!("  create a drop of 1000 coupons starting in 5 s:");
+    println!("  create a drop of 1000 coupons starting 5 s after you paste this (GNU date):");
     println!(
-        "    CAMPAIGN=$(curl -s -X POST http://{addr}/v1/campaigns -H 'Authorization: Bearer {}' -H 'Content-Type: application/json' \\\n      -d '{{\"name\":\"demo drop\",\"total_stock\":1000,\"starts_at\":\"{start}\",\"ends_at\":\"{end}\",\"coupon\":{{\"discount\":{{\"type\":\"fixed\",\"amount_cents\":500}},\"valid_for_days\":7}}}}' \\\n      | sed -E 's/.*\"id\":\"([0-9A-Z]+)\".*/\\1/'); echo \"$CAMPAIGN\"",
+        "    CAMPAIGN=$(curl -s -X POST http://{addr}/v1/campaigns -H 'Authorization: Bearer {}' -H 'Content-Type: application/json' \\\n      -d '{{\"name\":\"demo drop\",\"total_stock\":1000,\"starts_at\":\"'$(date -u -d '+5 sec' +%FT%TZ)'\",\"ends_at\":\"'$(date -u -d '+2 hour' +%FT%TZ)'\",\"coupon\":{{\"discount\":{{\"type\":\"fixed\",\"amount_cents\":500}},\"valid_for_days\":7}}}}' \\\n      | sed -E 's/.*\"id\":\"([0-9A-Z]+)\".*/\\1/'); echo \"$CAMPAIGN\"",
         settings.admin_token
     );
     println!("  then claim one (after the start):");

@@ -66,7 +66,8 @@ async fn drop_db(db: &Db, name: &str) {
 
 async fn delete_queues(prefix: &str) {
     let Ok(conn) =
-        lapin::Connection::connect("amqp://guest:guest@127.0.0.1:5672/%2f", lapin::ConnectionProperties::default()).await
+        lapin::Connection::connect("amqp://guest:guest@127.0.0.1:5672/%2f", lapin::ConnectionProperties::default())
+            .await
     else {
         return;
     };
@@ -169,7 +170,12 @@ async fn wait_rows(db: &Db, campaign: &flashgrab::domain::CampaignId, n: u64, li
 async fn drain(rows: u64) -> (f64, f64) {
     let (prefix, db_name) = names("drain");
     let quiet = Application::build(&settings(&prefix, &db_name, false)).await.expect("stack up?");
-    let view = quiet.state().campaigns.create(campaign_request(rows).validate(chrono::Utc::now()).unwrap(), chrono::Utc::now()).await.unwrap();
+    let view = quiet
+        .state()
+        .campaigns
+        .create(campaign_request(rows).validate(chrono::Utc::now()).unwrap(), chrono::Utc::now())
+        .await
+        .unwrap();
     let c = (*view.campaign).clone();
     let start = Instant::now();
     let granted = grant(&quiet, &c, rows, 256).await;
@@ -190,7 +196,12 @@ async fn lag(rate: u64, secs: u64) -> (u64, Vec<i64>) {
     let (prefix, db_name) = names("lag");
     let app = Application::build(&settings(&prefix, &db_name, true)).await.unwrap();
     let stock = rate * secs * 2;
-    let view = app.state().campaigns.create(campaign_request(stock).validate(chrono::Utc::now()).unwrap(), chrono::Utc::now()).await.unwrap();
+    let view = app
+        .state()
+        .campaigns
+        .create(campaign_request(stock).validate(chrono::Utc::now()).unwrap(), chrono::Utc::now())
+        .await
+        .unwrap();
     let c = (*view.campaign).clone();
     let store = app.state().stock.clone();
     let db = app.state().db.clone();
@@ -224,11 +235,13 @@ async fn lag(rate: u64, secs: u64) -> (u64, Vec<i64>) {
         granted += u64::from(h.await.unwrap());
     }
     wait_rows(&db, &c.id, granted, Duration::from_secs(300)).await;
-    let rows = sqlx::query("SELECT TIMESTAMPDIFF(MICROSECOND, claimed_at, persisted_at) AS lag_us FROM coupons WHERE campaign_id = ?")
-        .bind(c.id.as_str())
-        .fetch_all(db.pool())
-        .await
-        .unwrap();
+    let rows = sqlx::query(
+        "SELECT TIMESTAMPDIFF(MICROSECOND, claimed_at, persisted_at) AS lag_us FROM coupons WHERE campaign_id = ?",
+    )
+    .bind(c.id.as_str())
+    .fetch_all(db.pool())
+    .await
+    .unwrap();
     let mut lags: Vec<i64> = rows.iter().map(|r| r.try_get::<i64, _>("lag_us").unwrap()).collect();
     lags.sort_unstable();
     drop_db(&db, &db_name).await;
@@ -254,10 +267,19 @@ async fn main() {
     let secs = env_num("FG_BENCH_SECS", 10);
     println!("pipeline bench: rows={rows} rate={rate}/s secs={secs}");
 
-    let base = baseline(rows).await;
-    println!("baseline  plain 500-row INSERT, 1 connection:  {base:>10.0} rows/s");
-    let (grant_rate, drained) = drain(rows).await;
-    println!("drain     relay + persist of a {rows}-claim backlog: {drained:>10.0} rows/s  ({:.2} x baseline; claims were granted at {grant_rate:.0}/s)", drained / base);
+    let only = std::env::var("FG_BENCH_ONLY").unwrap_or_default();
+    if only.is_empty() || only == "drain" {
+        let base = baseline(rows).await;
+        println!("baseline  plain 500-row INSERT, 1 connection:  {base:>10.0} rows/s");
+        let (grant_rate, drained) = drain(rows).await;
+        println!(
+            "drain     relay + persist of a {rows}-claim backlog: {drained:>10.0} rows/s  ({:.2} x baseline; claims were granted at {grant_rate:.0}/s)",
+            drained / base
+        );
+    }
+    if !(only.is_empty() || only == "lag") {
+        return;
+    }
     let (granted, lags) = lag(rate, secs).await;
     println!(
         "lag       at {:.0} claims/s for {secs} s ({granted} grants): p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms",

@@ -7,8 +7,9 @@
 //!
 //! 1. `XREADGROUP` (non-blocking, one consumer group for all instances, one
 //!    consumer name per instance) on each of the 64 bucket streams;
-//! 2. publish the records of a bucket in batches (one message carries up to
-//!    [`relay::BATCH`] claims: RabbitMQ confirms only ~15k messages/s here)
+//! 2. publish the records read in one pass, all buckets together, in
+//!    messages of up to [`relay::MESSAGE_CLAIMS`] claims (RabbitMQ confirms
+//!    only ~15k messages/s here, and its cost is mostly per message)
 //!    as persistent messages with publisher confirms, to the claims exchange
 //!    and to the events fan-out exchange;
 //! 3. `lua/ack.lua`: `XACK` + `XDEL` of exactly the confirmed entries.

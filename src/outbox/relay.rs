@@ -18,8 +18,11 @@ use crate::domain::CouponRecord;
 use crate::metrics::{Backoff, PipelineMetrics};
 use crate::stock::StockStore;
 
-/// Claims per message, and entries read per stream per pass.
+/// Entries read per stream per pass.
 pub const BATCH: usize = 500;
+/// Claims per message at most (records of all buckets read in one pass are
+/// packed together).
+pub const MESSAGE_CLAIMS: usize = 2000;
 /// How often a relay looks for entries to take over.
 const RECLAIM_EVERY: Duration = Duration::from_secs(1);
 /// Idle polling interval bounds (no blocking reads on the shared connection).
@@ -215,14 +218,7 @@ impl Relay {
             let now_ms = chrono::Utc::now().timestamp_millis().max(0) as u64;
             let oldest = work.iter().flat_map(|(_, es)| es.iter().map(|e| id_ms(&e.id))).min().unwrap_or(now_ms);
             PipelineMetrics::set(&self.metrics.outbox_age_ms, now_ms.saturating_sub(oldest));
-            let publishes = work.iter().map(|(b, entries)| {
-                let mut c = redis.clone();
-                let ch = &ch;
-                async move { self.publish_and_ack(ch, &mut c, *b, entries).await }
-            });
-            for r in join_all(publishes).await {
-                r?;
-            }
+            self.publish_and_ack(&ch, &redis, &work).await?;
         }
     }
 
@@ -325,36 +321,52 @@ impl Relay {
         Ok(())
     }
 
+    /// Publishes the records read in one pass, from all buckets together,
+    /// as messages of up to [`MESSAGE_CLAIMS`] claims (fewer, larger messages:
+    /// the broker's cost is mostly per message), waits for every confirm,
+    /// then acks and deletes exactly those entries, bucket by bucket.
     async fn publish_and_ack(
         &self,
         ch: &Channel,
-        conn: &mut ClusterConnection,
-        bucket: u16,
-        entries: &[Entry],
+        redis: &ClusterConnection,
+        work: &[(u16, Vec<Entry>)],
     ) -> Result<(), RelayError> {
         // Well-formed records travel together; a malformed one alone, so the
         // persist worker dead-letters only it.
-        let (good, bad): (Vec<&Entry>, Vec<&Entry>) = entries
-            .iter()
-            .filter(|e| e.raw.is_some())
-            .partition(|e| serde_json::from_str::<CouponRecord>(e.raw.as_deref().unwrap_or_default()).is_ok());
-        let good_raw: Vec<&str> = good.iter().filter_map(|e| e.raw.as_deref()).collect();
-        if !good_raw.is_empty() {
-            self.publish(ch, &good_raw).await?;
-            PipelineMetrics::add(&self.metrics.published_batches, 1);
-            PipelineMetrics::add(&self.metrics.relayed, good_raw.len() as u64);
+        let mut good: Vec<&str> = Vec::new();
+        let mut bad: Vec<&Entry> = Vec::new();
+        for e in work.iter().flat_map(|(_, es)| es) {
+            match e.raw.as_deref() {
+                Some(raw) if serde_json::from_str::<CouponRecord>(raw).is_ok() => good.push(raw),
+                Some(_) => bad.push(e),
+                None => {}
+            }
         }
+        let mut sends: Vec<Vec<&str>> = good.chunks(MESSAGE_CLAIMS).map(<[&str]>::to_vec).collect();
         for e in &bad {
             tracing::error!(entry = %e.id, "malformed outbox record; sending it to the dead-letter queue");
-            self.publish(ch, &[e.raw.as_deref().unwrap_or_default()]).await?;
+            sends.push(vec![e.raw.as_deref().unwrap_or_default()]);
         }
-        let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
-        let mut inv = self.ack.key(self.stock.keys().outbox(bucket));
-        inv.arg(&self.group);
-        for id in &ids {
-            inv.arg(*id);
+        for r in join_all(sends.iter().map(|records| self.publish(ch, records))).await {
+            r?;
         }
-        let _: i64 = self.bounded(inv.invoke_async(conn)).await?;
+        PipelineMetrics::add(&self.metrics.published_batches, sends.len() as u64);
+        PipelineMetrics::add(&self.metrics.relayed, good.len() as u64);
+
+        let acks = work.iter().map(|(bucket, entries)| {
+            let mut conn = redis.clone();
+            async move {
+                let mut inv = self.ack.key(self.stock.keys().outbox(*bucket));
+                inv.arg(&self.group);
+                for e in entries {
+                    inv.arg(&e.id);
+                }
+                self.bounded(inv.invoke_async::<i64>(&mut conn)).await
+            }
+        });
+        for r in join_all(acks).await {
+            r?;
+        }
         Ok(())
     }
 }

@@ -19,13 +19,17 @@ use crate::metrics::{Backoff, PipelineMetrics};
 use crate::outbox::QueueError;
 use crate::outbox::topology::Topology;
 
-/// Messages the broker may hand us before we ack: each carries up to 500
-/// claims, so at most ~32k claims are held in memory.
-pub const PREFETCH: u16 = 64;
+/// Messages the broker may hand us before we ack: each carries up to 2000
+/// claims (`outbox::relay::MESSAGE_CLAIMS`), so at most ~64k claims are held
+/// in memory.
+pub const PREFETCH: u16 = 32;
 /// A batch is written when it holds this many rows...
 pub const MAX_BATCH_ROWS: usize = 5000;
 /// ...or when no more messages arrived for this long.
 pub const BATCH_WINDOW: Duration = Duration::from_millis(20);
+/// Batches written concurrently (each in its own transaction): the next
+/// batch is gathered and written while the previous one commits.
+pub const WRITERS: usize = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PersistError {
@@ -46,6 +50,19 @@ impl From<lapin::Error> for PersistError {
 struct ClaimsMessage {
     kind: String,
     claims: Vec<CouponRecord>,
+}
+
+/// Claims a message says it carries (header `x-claims`; 1 when absent).
+fn claims_in(d: &Delivery) -> usize {
+    d.properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get("x-claims"))
+        .and_then(|v| match v {
+            AMQPValue::LongUInt(n) => Some(*n as usize),
+            _ => None,
+        })
+        .unwrap_or(1)
 }
 
 /// Parses and checks a claims message; `Err` is the dead-letter reason.
@@ -120,45 +137,67 @@ impl PersistWorker {
             .await?;
         tracing::info!(queue = %self.topology.claims_queue, "persist worker consuming");
         backoff.reset();
+        // Batches being written: while one is in the database the next one
+        // is gathered (bounded by WRITERS, and by the prefetch overall).
+        let mut writing: std::collections::VecDeque<tokio::task::JoinHandle<Result<bool, PersistError>>> =
+            std::collections::VecDeque::new();
         loop {
             let first = tokio::select! {
-                () = shutdown.cancelled() => {
-                    let _ = conn.close(200, "shutdown".into()).await;
-                    return Ok(());
+                () = shutdown.cancelled() => None,
+                d = consumer.next() => Some(d),
+            };
+            let Some(first) = first else {
+                for w in writing {
+                    let _ = w.await;
                 }
-                d = consumer.next() => d,
+                let _ = conn.close(200, "shutdown".into()).await;
+                return Ok(());
             };
             let mut batch = vec![first.ok_or(PersistError::ConsumerClosed)??];
             self.fill(&mut consumer, &mut batch).await?;
-            if !self.process(&ch, batch, shutdown).await? {
-                let _ = conn.close(200, "shutdown".into()).await;
-                return Ok(());
+            let (records, good) = self.prepare(&ch, batch).await?;
+            while writing.len() >= WRITERS {
+                let done = writing.pop_front().expect("non-empty");
+                if !done.await.unwrap_or(Ok(false))? {
+                    let _ = conn.close(200, "shutdown".into()).await;
+                    return Ok(());
+                }
             }
+            writing.push_back(tokio::spawn(write_and_ack(
+                self.db.clone(),
+                self.metrics.clone(),
+                records,
+                good,
+                shutdown.clone(),
+            )));
         }
     }
 
     /// Adds deliveries already waiting, up to the batch limits.
     async fn fill(&self, consumer: &mut Consumer, batch: &mut Vec<Delivery>) -> Result<(), PersistError> {
         let deadline = tokio::time::Instant::now() + BATCH_WINDOW;
-        // A rough row count: each message carries up to 500 claims.
-        while batch.len() * 500 < MAX_BATCH_ROWS && batch.len() < usize::from(PREFETCH) {
+        let mut rows: usize = batch.iter().map(claims_in).sum();
+        while rows < MAX_BATCH_ROWS && batch.len() < usize::from(PREFETCH) / 2 {
             match tokio::time::timeout_at(deadline, consumer.next()).await {
                 Err(_) => break,
                 Ok(None) => return Err(PersistError::ConsumerClosed),
-                Ok(Some(d)) => batch.push(d?),
+                Ok(Some(d)) => {
+                    let d = d?;
+                    rows += claims_in(&d);
+                    batch.push(d);
+                }
             }
         }
         Ok(())
     }
 
-    /// Writes a batch and acks it. Returns false when shutdown came while
-    /// the database was unreachable (nothing acked: redelivered later).
-    async fn process(
+    /// Parses a batch: the claim records and the deliveries they came from;
+    /// poison messages are dead-lettered on the way.
+    async fn prepare(
         &self,
         ch: &Channel,
         batch: Vec<Delivery>,
-        shutdown: &CancellationToken,
-    ) -> Result<bool, PersistError> {
+    ) -> Result<(Vec<CouponRecord>, Vec<Delivery>), PersistError> {
         let mut good = Vec::with_capacity(batch.len());
         let mut records = Vec::new();
         for d in batch {
@@ -170,29 +209,7 @@ impl PersistWorker {
                 Err(reason) => self.dead_letter(ch, d, &reason).await?,
             }
         }
-        let mut backoff = Backoff::default();
-        loop {
-            match self.db.insert_coupons(&records).await {
-                Ok(_new) => break,
-                Err(e) => {
-                    PipelineMetrics::add(&self.metrics.errors, 1);
-                    let delay = backoff.next_delay();
-                    tracing::warn!(error = %e, rows = records.len(), retry_in = ?delay, "cannot write claims to mysql; will retry");
-                    tokio::select! {
-                        () = shutdown.cancelled() => return Ok(false),
-                        () = tokio::time::sleep(delay) => {}
-                    }
-                }
-            }
-        }
-        let now = chrono::Utc::now().timestamp_millis();
-        let lag = records.iter().map(|r| now - r.claimed_at_ms).max().unwrap_or(0).max(0) as u64;
-        PipelineMetrics::set(&self.metrics.persist_lag_ms, lag);
-        PipelineMetrics::add(&self.metrics.persisted, records.len() as u64);
-        for d in good {
-            d.ack(BasicAckOptions::default()).await?;
-        }
-        Ok(true)
+        Ok((records, good))
     }
 
     /// Republishes `d` to the dead-letter exchange with the reason, then
@@ -223,6 +240,41 @@ impl PersistWorker {
         d.ack(BasicAckOptions::default()).await?;
         Ok(())
     }
+}
+
+/// Writes a batch (retrying until MySQL takes it) and then acks its
+/// messages. Returns false when shutdown came while MySQL was unreachable:
+/// nothing is acked then, and the broker redelivers the messages later.
+async fn write_and_ack(
+    db: Db,
+    metrics: Arc<PipelineMetrics>,
+    records: Vec<CouponRecord>,
+    good: Vec<Delivery>,
+    shutdown: CancellationToken,
+) -> Result<bool, PersistError> {
+    let mut backoff = Backoff::default();
+    loop {
+        match db.insert_coupons(&records).await {
+            Ok(_new) => break,
+            Err(e) => {
+                PipelineMetrics::add(&metrics.errors, 1);
+                let delay = backoff.next_delay();
+                tracing::warn!(error = %e, rows = records.len(), retry_in = ?delay, "cannot write claims to mysql; will retry");
+                tokio::select! {
+                    () = shutdown.cancelled() => return Ok(false),
+                    () = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+    let now = chrono::Utc::now().timestamp_millis();
+    let lag = records.iter().map(|r| now - r.claimed_at_ms).max().unwrap_or(0).max(0) as u64;
+    PipelineMetrics::set(&metrics.persist_lag_ms, lag);
+    PipelineMetrics::add(&metrics.persisted, records.len() as u64);
+    for d in good {
+        d.ack(BasicAckOptions::default()).await?;
+    }
+    Ok(true)
 }
 
 #[cfg(test)]

@@ -60,6 +60,20 @@ fn campaign_request(stock: u64) -> CreateCampaignRequest {
     .unwrap()
 }
 
+/// Deletes every Redis key of a bench campaign and its prefix's outboxes.
+async fn purge_keys(stock: &flashgrab::stock::StockStore, c: &flashgrab::domain::Campaign) {
+    let mut conn = stock.connection();
+    for s in 0..c.shards() {
+        let k = stock.keys().shard(c.shard_buckets[s as usize], c.id.as_str(), s);
+        for key in [&k.hash, &k.holders, &k.coupons, &k.idem, &k.xout, &k.xin] {
+            let _: redis::RedisResult<i64> = redis::cmd("UNLINK").arg(key).query_async(&mut conn).await;
+        }
+    }
+    for b in 0..stock.keys().buckets() {
+        let _: redis::RedisResult<i64> = redis::cmd("UNLINK").arg(stock.keys().outbox(b)).query_async(&mut conn).await;
+    }
+}
+
 async fn drop_db(db: &Db, name: &str) {
     let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS `{name}`"))).execute(db.pool()).await;
 }
@@ -186,6 +200,7 @@ async fn drain(rows: u64) -> (f64, f64) {
     tokio::spawn(live.run_until(std::future::pending()));
     let took = wait_rows(&db, &c.id, rows, Duration::from_secs(600)).await;
     let rate = rows as f64 / took.as_secs_f64();
+    purge_keys(&quiet.state().stock, &c).await;
     drop_db(&db, &db_name).await;
     delete_queues(&prefix).await;
     (grant_rate, rate)
@@ -244,6 +259,7 @@ async fn lag(rate: u64, secs: u64) -> (u64, Vec<i64>) {
     .unwrap();
     let mut lags: Vec<i64> = rows.iter().map(|r| r.try_get::<i64, _>("lag_us").unwrap()).collect();
     lags.sort_unstable();
+    purge_keys(&store, &c).await;
     drop_db(&db, &db_name).await;
     delete_queues(&prefix).await;
     (granted, lags)

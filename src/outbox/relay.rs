@@ -27,7 +27,7 @@ pub const MESSAGE_CLAIMS: usize = 2000;
 const RECLAIM_EVERY: Duration = Duration::from_secs(1);
 /// Idle polling interval bounds (no blocking reads on the shared connection).
 const POLL_MIN: Duration = Duration::from_millis(2);
-const POLL_MAX: Duration = Duration::from_millis(50);
+const POLL_MAX: Duration = Duration::from_millis(100);
 /// Upper bound to wait for one broker confirm.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -178,43 +178,54 @@ impl Relay {
         tracing::info!(consumer = %self.consumer, "outbox relay connected");
         backoff.reset();
 
-        let mut idle = POLL_MIN;
+        // Each bucket has its own polling interval: a bucket that had entries
+        // is read again on the next pass, an empty one backs off (doubling up
+        // to POLL_MAX). During a drop only the buckets of the live shards are
+        // hot; polling the other ~50 every pass would cost Redis more than
+        // the claims do.
+        let buckets = usize::from(self.stock.keys().buckets());
+        let mut interval = vec![POLL_MIN; buckets];
+        let mut due = vec![Instant::now(); buckets];
         let mut last_reclaim = Instant::now() - RECLAIM_EVERY;
         loop {
             if shutdown.is_cancelled() {
                 let _ = conn.close(200, "shutdown".into()).await;
                 return Ok(());
             }
+            let now = Instant::now();
             let reclaim = last_reclaim.elapsed() >= RECLAIM_EVERY;
             if reclaim {
-                last_reclaim = Instant::now();
+                last_reclaim = now;
             }
-            let reads = (0..self.stock.keys().buckets()).map(|b| {
+            let reads = (0..buckets).filter(|b| reclaim || due[*b] <= now).map(|b| {
                 let mut c = redis.clone();
-                async move { (b, self.read_bucket(&mut c, b, reclaim).await) }
+                async move { (b, self.read_bucket(&mut c, b as u16, reclaim).await) }
             });
             let mut work = Vec::new();
             let mut backlog = 0;
             for (b, r) in join_all(reads).await {
                 let (entries, len) = r?;
                 backlog += len;
-                if !entries.is_empty() {
-                    work.push((b, entries));
+                if entries.is_empty() {
+                    interval[b] = (interval[b] * 2).min(POLL_MAX);
+                } else {
+                    interval[b] = POLL_MIN;
+                    work.push((b as u16, entries));
                 }
+                due[b] = now + interval[b];
             }
             if reclaim {
                 PipelineMetrics::set(&self.metrics.outbox_len, backlog);
             }
             if work.is_empty() {
                 PipelineMetrics::set(&self.metrics.outbox_age_ms, 0);
+                let next = due.iter().min().copied().unwrap_or(now + POLL_MAX).max(now + POLL_MIN);
                 tokio::select! {
                     () = shutdown.cancelled() => {}
-                    () = tokio::time::sleep(idle) => {}
+                    () = tokio::time::sleep_until(next.into()) => {}
                 }
-                idle = (idle * 2).min(POLL_MAX);
                 continue;
             }
-            idle = POLL_MIN;
             let now_ms = chrono::Utc::now().timestamp_millis().max(0) as u64;
             let oldest = work.iter().flat_map(|(_, es)| es.iter().map(|e| id_ms(&e.id))).min().unwrap_or(now_ms);
             PipelineMetrics::set(&self.metrics.outbox_age_ms, now_ms.saturating_sub(oldest));

@@ -84,11 +84,20 @@ pub struct ClaimService {
     campaigns: CampaignService,
     stock: StockStore,
     db: Db,
+    /// Campaigns this instance has seen sold out. Stock never comes back
+    /// once every shard is empty and nothing is in flight (there is no
+    /// restocking, transfers conserve units), so later claims are answered
+    /// from memory: after a sell-out most of a drop's traffic is 410s, and
+    /// each would otherwise cost a script and two scans of every shard.
+    sold_out: Arc<std::sync::RwLock<std::collections::HashSet<CampaignId>>>,
 }
+
+/// Bound of the sold-out set (cleared when full; it only saves work).
+const SOLD_OUT_CAPACITY: usize = 10_000;
 
 impl ClaimService {
     pub fn new(campaigns: CampaignService, stock: StockStore, db: Db) -> Self {
-        Self { campaigns, stock, db }
+        Self { campaigns, stock, db, sold_out: Arc::default() }
     }
 
     pub async fn claim(
@@ -98,6 +107,11 @@ impl ClaimService {
         idempotency_key: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<ClaimResult> {
+        // A retry with an Idempotency-Key must still find its coupon, so only
+        // key-less claims take the shortcut.
+        if idempotency_key.is_none() && self.sold_out.read().unwrap_or_else(|e| e.into_inner()).contains(campaign_id) {
+            return Ok(ClaimResult::SoldOut);
+        }
         let Some(campaign) = self.campaigns.find(campaign_id).await? else {
             return Ok(ClaimResult::CampaignNotFound);
         };
@@ -114,7 +128,14 @@ impl ClaimService {
                 ClaimResult::NotStarted { starts_at: crate::domain::coupon::from_ms(starts_ms) }
             }
             ClaimOutcome::Ended => ClaimResult::Ended,
-            ClaimOutcome::SoldOut => ClaimResult::SoldOut,
+            ClaimOutcome::SoldOut => {
+                let mut set = self.sold_out.write().unwrap_or_else(|e| e.into_inner());
+                if set.len() >= SOLD_OUT_CAPACITY {
+                    set.clear();
+                }
+                set.insert(campaign_id.clone());
+                ClaimResult::SoldOut
+            }
             ClaimOutcome::Contended => ClaimResult::Busy,
             ClaimOutcome::Missing => {
                 tracing::error!(campaign = %campaign_id, "campaign row exists but its shards are missing in redis");

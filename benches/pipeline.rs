@@ -147,10 +147,19 @@ async fn grant(app: &Application, campaign: &flashgrab::domain::Campaign, n: u64
                         return granted;
                     }
                     let user = UserId::parse(&format!("u{i}")).unwrap();
-                    if let Ok(flashgrab::stock::ClaimOutcome::Granted(_)) =
-                        stock.claim(&c, &user, &CouponId::generate(), None).await
-                    {
-                        granted += 1;
+                    // Retry what the API answers with 503 (contention while
+                    // borrowing stock, a timeout), as a client would.
+                    for _ in 0..50 {
+                        match stock.claim(&c, &user, &CouponId::generate(), None).await {
+                            Ok(flashgrab::stock::ClaimOutcome::Granted(_)) => {
+                                granted += 1;
+                                break;
+                            }
+                            Ok(flashgrab::stock::ClaimOutcome::Contended) | Err(_) => {
+                                tokio::time::sleep(Duration::from_millis(5)).await;
+                            }
+                            Ok(other) => panic!("user {user} got {other:?}"),
+                        }
                     }
                 }
             })

@@ -5,10 +5,12 @@
 -- stock decrement, the holder record and the outbox append happen in one
 -- atomic step on ONE slot (every key shares the shard's bucket hash tag).
 --
--- KEYS[1] shard    HASH  remaining, claimed, starts_ms, ends_ms, closed, limit,
+-- KEYS[1] shard    HASH  remaining, starts_ms, ends_ms, closed, limit,
 --                         vfrom_ms, vuntil_ms, vdays (0 = unset)
 -- KEYS[2] holders  HASH  user_id -> "cid1,cid2,..." coupons the user holds here
--- KEYS[3] coupons  HASH  coupon_id -> claim record (JSON)
+-- KEYS[3] coupons  HASH  coupon_id -> claim record (JSON); its HLEN is the
+--                         number of grants of the shard (no separate counter:
+--                         one write less per grant)
 -- KEYS[4] idem     HASH  user_id .. "\n" .. idempotency_key -> coupon_id
 -- KEYS[5] outbox   STREAM of the shard's bucket; field "r" = claim record
 --
@@ -78,14 +80,15 @@ if vuntil == 0 then
   vuntil = now + tonumber(conf[8]) * 86400000
 end
 
+-- The record is built by hand (cjson.encode of a table costs more than the
+-- rest of the script's Lua); only the user id needs escaping, the other
+-- fields are ULIDs and integers.
 local coupon = ARGV[2]
-local record = cjson.encode({
-  id = coupon, campaign_id = ARGV[4], user_id = user, shard = tonumber(ARGV[5]),
-  claimed_at_ms = now, valid_from_ms = vfrom, valid_until_ms = vuntil,
-})
+local record = '{"id":"' .. coupon .. '","campaign_id":"' .. ARGV[4] .. '","user_id":' .. cjson.encode(user)
+  .. ',"shard":' .. ARGV[5] .. ',"claimed_at_ms":' .. string.format('%d', now)
+  .. ',"valid_from_ms":' .. string.format('%d', vfrom) .. ',"valid_until_ms":' .. string.format('%d', vuntil) .. '}'
 
 redis.call('HINCRBY', shard, 'remaining', -1)
-redis.call('HINCRBY', shard, 'claimed', 1)
 if held then
   redis.call('HSET', KEYS[2], user, held .. ',' .. coupon)
 else

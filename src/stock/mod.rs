@@ -184,9 +184,8 @@ impl StockStore {
         let writes = (0..c.shards()).map(|s| {
             let k = self.shard_keys(c, s);
             let mut conn = self.conn.clone();
-            let fields: [(&str, i64); 9] = [
+            let fields: [(&str, i64); 8] = [
                 ("remaining", c.initial_shard_stock(s) as i64),
-                ("claimed", 0),
                 ("starts_ms", c.starts_at.timestamp_millis()),
                 ("ends_ms", c.ends_at.timestamp_millis()),
                 ("closed", 0),

@@ -60,17 +60,17 @@ impl StockStore {
         let k = self.shard_keys(c, shard);
         let mut conn = self.conn.clone();
         let mut pipe = redis::pipe();
-        pipe.cmd("HMGET").arg(&k.hash).arg("remaining").arg("claimed").cmd("HGETALL").arg(&k.xout);
-        let (counts, journal): (Vec<Option<i64>>, Vec<(String, String)>) =
+        // claimed = number of claim records (the script keeps no counter).
+        pipe.cmd("HGET").arg(&k.hash).arg("remaining").cmd("HLEN").arg(&k.coupons).cmd("HGETALL").arg(&k.xout);
+        let (remaining, claimed, journal): (Option<i64>, i64, Vec<(String, String)>) =
             self.bounded(pipe.query_async(&mut conn)).await?;
-        let get = |i: usize| counts.get(i).copied().flatten().unwrap_or(0).max(0) as u64;
         let mut pending = Vec::with_capacity(journal.len());
         for (id, v) in journal {
             let entry = parse_journal_entry(id, &v)
                 .ok_or_else(|| StockError::Protocol(format!("bad transfer journal entry {v:?}")))?;
             pending.push(entry);
         }
-        Ok(ShardSnapshot { remaining: get(0), claimed: get(1), pending })
+        Ok(ShardSnapshot { remaining: remaining.unwrap_or(0).max(0) as u64, claimed: claimed.max(0) as u64, pending })
     }
 
     /// Step 1 of a transfer. Returns the transfer id and the units actually

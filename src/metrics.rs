@@ -68,6 +68,25 @@ impl Backoff {
     }
 }
 
+/// What a reconnect loop does after a failed session: count the error, log
+/// it, and wait the next backoff delay. Returns false when `shutdown` came
+/// during the wait (stop looping).
+pub async fn pause_after_failure(
+    what: &str,
+    error: &(dyn std::fmt::Display + Sync),
+    backoff: &mut Backoff,
+    errors: &AtomicU64,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> bool {
+    PipelineMetrics::add(errors, 1);
+    let delay = backoff.next_delay();
+    tracing::warn!(error = %error, retry_in = ?delay, "{what} interrupted");
+    tokio::select! {
+        () = shutdown.cancelled() => false,
+        () = tokio::time::sleep(delay) => true,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::QueueError;
 use super::topology::{CLAIM_ROUTING_KEY, Topology};
 use crate::domain::CouponRecord;
-use crate::metrics::{Backoff, PipelineMetrics};
+use crate::metrics::{Backoff, PipelineMetrics, pause_after_failure};
 use crate::stock::StockStore;
 
 /// Entries read per stream per pass.
@@ -124,12 +124,8 @@ impl Relay {
             match self.session(&shutdown, &mut backoff).await {
                 Ok(()) => break,
                 Err(e) => {
-                    PipelineMetrics::add(&self.metrics.errors, 1);
-                    let delay = backoff.next_delay();
-                    tracing::warn!(error = %e, retry_in = ?delay, "outbox relay interrupted");
-                    tokio::select! {
-                        () = shutdown.cancelled() => break,
-                        () = tokio::time::sleep(delay) => {}
+                    if !pause_after_failure("outbox relay", &e, &mut backoff, &self.metrics.errors, &shutdown).await {
+                        break;
                     }
                 }
             }

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::db::Db;
 use crate::domain::{CampaignId, CouponId, CouponRecord, UserId};
-use crate::metrics::{Backoff, PipelineMetrics};
+use crate::metrics::{Backoff, PipelineMetrics, pause_after_failure};
 use crate::outbox::QueueError;
 use crate::outbox::topology::Topology;
 
@@ -108,12 +108,8 @@ impl PersistWorker {
             match self.session(&shutdown, &mut backoff).await {
                 Ok(()) => break,
                 Err(e) => {
-                    PipelineMetrics::add(&self.metrics.errors, 1);
-                    let delay = backoff.next_delay();
-                    tracing::warn!(error = %e, retry_in = ?delay, "persist worker interrupted");
-                    tokio::select! {
-                        () = shutdown.cancelled() => break,
-                        () = tokio::time::sleep(delay) => {}
+                    if !pause_after_failure("persist worker", &e, &mut backoff, &self.metrics.errors, &shutdown).await {
+                        break;
                     }
                 }
             }

@@ -51,6 +51,13 @@ pub struct Settings {
     /// An outbox entry delivered to a relay and not confirmed for this long
     /// is taken over by another relay (the first one is presumed dead).
     pub relay_reclaim_idle: Duration,
+    /// `fast` (answer after the claim script) or `replicated` (and after one
+    /// replica acknowledged it, `WAIT 1 <FLASHGRAB_REPLICA_WAIT_MS>`).
+    pub durability: crate::stock::Durability,
+    /// Upper bound of a graceful shutdown (SIGTERM): draining HTTP, then the
+    /// outbox relay, then the persist worker. Past it the process exits
+    /// anyway; what is left stays in the outbox / queue for the next one.
+    pub shutdown_timeout: Duration,
     /// `text` or `json` logs.
     pub log_format: LogFormat,
     /// True when the secrets were generated (dev mode): print them.
@@ -60,6 +67,60 @@ pub struct Settings {
     pub run_relay: bool,
     /// Run the persist worker inside `serve` (`--no-persist` turns it off).
     pub run_persist: bool,
+    /// Upper bound of any single RabbitMQ call (connect, declare, publish,
+    /// ack) of the relay and the persist worker.
+    pub amqp_timeout: Duration,
+    /// Rate limits, load shedding and the Redis breaker of the front end.
+    pub protect: ProtectSettings,
+}
+
+/// A token bucket: `per_sec` replenished every second, at most `burst` at
+/// once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub per_sec: u32,
+    pub burst: u32,
+}
+
+/// How the front end protects the backends (see `protect`). A rate of
+/// `None` is switched off (`FLASHGRAB_*_RATE=0`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProtectSettings {
+    /// Requests per authenticated user (all user endpoints together).
+    pub user_rate: Option<Rate>,
+    /// Requests per client address (every `/v1` endpoint), before auth.
+    pub ip_rate: Option<Rate>,
+    /// Claims per instance that go past the in-memory fast paths (i.e. that
+    /// would run the claim script).
+    pub claim_rate: Option<Rate>,
+    /// Keys each keyed limiter keeps at most; beyond that idle keys are
+    /// evicted, and if that is not enough the limiter starts afresh.
+    pub rate_max_keys: usize,
+    /// Header carrying the client address set by a trusted proxy (e.g.
+    /// `x-forwarded-for`, rightmost entry used). `None`: the peer address.
+    pub trusted_proxy_header: Option<String>,
+    /// Requests allowed to wait on the backends at once; more are answered
+    /// 503 at once instead of queueing.
+    pub max_in_flight: usize,
+    /// Consecutive Redis failures that open the breaker.
+    pub breaker_failures: u32,
+    /// How long an open breaker fails fast before letting a probe through.
+    pub breaker_open: Duration,
+}
+
+impl Default for ProtectSettings {
+    fn default() -> Self {
+        Self {
+            user_rate: Some(Rate { per_sec: 10, burst: 20 }),
+            ip_rate: Some(Rate { per_sec: 1000, burst: 2000 }),
+            claim_rate: Some(Rate { per_sec: 20_000, burst: 20_000 }),
+            rate_max_keys: 1_000_000,
+            trusted_proxy_header: None,
+            max_in_flight: 1024,
+            breaker_failures: 5,
+            breaker_open: Duration::from_millis(1000),
+        }
+    }
 }
 
 impl std::fmt::Debug for Settings {
@@ -108,6 +169,21 @@ struct FileSettings {
     campaign_cache_ms: Option<u64>,
     relay_reclaim_ms: Option<u64>,
     log_format: Option<String>,
+    durability: Option<String>,
+    replica_wait_ms: Option<u64>,
+    shutdown_timeout_ms: Option<u64>,
+    amqp_timeout_ms: Option<u64>,
+    user_rate: Option<u64>,
+    user_burst: Option<u64>,
+    ip_rate: Option<u64>,
+    ip_burst: Option<u64>,
+    claim_rate: Option<u64>,
+    claim_burst: Option<u64>,
+    rate_max_keys: Option<u64>,
+    trusted_proxy_header: Option<String>,
+    max_in_flight: Option<u64>,
+    breaker_failures: Option<u64>,
+    breaker_open_ms: Option<u64>,
 }
 
 /// Random hex string of `bytes` random bytes.
@@ -226,6 +302,83 @@ impl Settings {
                 return Err(err(name, format!("must be between {lo} and {hi}")));
             }
         }
+        let amqp_timeout_ms = num("AMQP_TIMEOUT_MS", file.amqp_timeout_ms, 5000)?;
+        let defaults = ProtectSettings::default();
+        let rate = |name: &str, per_sec: Option<u64>, burst: Option<u64>, default: Option<Rate>| {
+            let d = default.unwrap_or(Rate { per_sec: 0, burst: 0 });
+            let per_sec = num(&format!("{name}_RATE"), per_sec, u64::from(d.per_sec))?;
+            let burst = num(&format!("{name}_BURST"), burst, u64::from(d.burst).max(1))?;
+            if per_sec > 10_000_000 {
+                return Err(err(&format!("FLASHGRAB_{name}_RATE"), "must be between 0 (off) and 10000000"));
+            }
+            if !(1..=10_000_000).contains(&burst) {
+                return Err(err(&format!("FLASHGRAB_{name}_BURST"), "must be between 1 and 10000000"));
+            }
+            Ok((per_sec > 0).then_some(Rate { per_sec: per_sec as u32, burst: burst as u32 }))
+        };
+        let user_rate = rate("USER", file.user_rate, file.user_burst, defaults.user_rate)?;
+        let ip_rate = rate("IP", file.ip_rate, file.ip_burst, defaults.ip_rate)?;
+        let claim_rate = rate("CLAIM", file.claim_rate, file.claim_burst, defaults.claim_rate)?;
+        let rate_max_keys = num("RATE_MAX_KEYS", file.rate_max_keys, defaults.rate_max_keys as u64)?;
+        let max_in_flight = num("MAX_IN_FLIGHT", file.max_in_flight, defaults.max_in_flight as u64)?;
+        let breaker_failures = num("BREAKER_FAILURES", file.breaker_failures, u64::from(defaults.breaker_failures))?;
+        let breaker_open_ms =
+            num("BREAKER_OPEN_MS", file.breaker_open_ms, defaults.breaker_open.as_millis() as u64)?;
+        for (name, v, lo, hi) in [
+            ("FLASHGRAB_AMQP_TIMEOUT_MS", amqp_timeout_ms, 10, 300_000),
+            ("FLASHGRAB_RATE_MAX_KEYS", rate_max_keys, 1000, 100_000_000),
+            ("FLASHGRAB_MAX_IN_FLIGHT", max_in_flight, 1, 1_000_000),
+            ("FLASHGRAB_BREAKER_FAILURES", breaker_failures, 1, 1_000_000),
+            ("FLASHGRAB_BREAKER_OPEN_MS", breaker_open_ms, 10, 600_000),
+        ] {
+            if !(lo..=hi).contains(&v) {
+                return Err(err(name, format!("must be between {lo} and {hi}")));
+            }
+        }
+        let trusted_proxy_header =
+            match pick("TRUSTED_PROXY_HEADER", file.trusted_proxy_header, None).map(|h| h.trim().to_ascii_lowercase()) {
+                None => None,
+                Some(h) if axum::http::HeaderName::from_bytes(h.as_bytes()).is_ok() => Some(h),
+                Some(_) => {
+                    return Err(err("FLASHGRAB_TRUSTED_PROXY_HEADER", "must be a header name, e.g. x-forwarded-for"));
+                }
+            };
+        let protect = ProtectSettings {
+            user_rate,
+            ip_rate,
+            claim_rate,
+            rate_max_keys: rate_max_keys as usize,
+            trusted_proxy_header,
+            max_in_flight: max_in_flight as usize,
+            breaker_failures: breaker_failures as u32,
+            breaker_open: Duration::from_millis(breaker_open_ms),
+        };
+
+        let replica_wait_ms = num("REPLICA_WAIT_MS", file.replica_wait_ms, 50)?;
+        let shutdown_timeout_ms = num("SHUTDOWN_TIMEOUT_MS", file.shutdown_timeout_ms, 20_000)?;
+        for (name, v, lo, hi) in [
+            ("FLASHGRAB_REPLICA_WAIT_MS", replica_wait_ms, 1, 10_000),
+            ("FLASHGRAB_SHUTDOWN_TIMEOUT_MS", shutdown_timeout_ms, 100, 600_000),
+        ] {
+            if !(lo..=hi).contains(&v) {
+                return Err(err(name, format!("must be between {lo} and {hi}")));
+            }
+        }
+        let durability = match pick("DURABILITY", file.durability, Some("fast")).as_deref() {
+            Some("fast") => crate::stock::Durability::Fast,
+            Some("replicated") => {
+                // The WAIT rides on the claim's Redis connection and is bounded
+                // by the Redis timeout like every call.
+                if replica_wait_ms >= redis_timeout_ms {
+                    return Err(err(
+                        "FLASHGRAB_REPLICA_WAIT_MS",
+                        format!("must be below FLASHGRAB_REDIS_TIMEOUT_MS ({redis_timeout_ms})"),
+                    ));
+                }
+                crate::stock::Durability::Replicated { wait: Duration::from_millis(replica_wait_ms) }
+            }
+            _ => return Err(err("FLASHGRAB_DURABILITY", "must be fast or replicated")),
+        };
         let log_format = match pick("LOG_FORMAT", file.log_format, Some("text")).as_deref() {
             Some("json") => LogFormat::Json,
             Some("text") => LogFormat::Text,
@@ -245,10 +398,14 @@ impl Settings {
             mysql_max_connections: mysql_max_connections as u32,
             campaign_cache_ttl: Duration::from_millis(campaign_cache_ms),
             relay_reclaim_idle: Duration::from_millis(relay_reclaim_ms),
+            durability,
+            shutdown_timeout: Duration::from_millis(shutdown_timeout_ms),
             log_format,
             generated_secrets,
             run_relay: true,
             run_persist: true,
+            amqp_timeout: Duration::from_millis(amqp_timeout_ms),
+            protect,
         })
     }
 }
@@ -304,11 +461,49 @@ mod tests {
             ("FLASHGRAB_ADMIN_TOKEN", "short"),
             ("FLASHGRAB_REDIS_TIMEOUT_MS", "abc"),
             ("FLASHGRAB_LOG_FORMAT", "xml"),
+            ("FLASHGRAB_DURABILITY", "sync"),
+            ("FLASHGRAB_REPLICA_WAIT_MS", "0"),
+            ("FLASHGRAB_SHUTDOWN_TIMEOUT_MS", "x"),
+            ("FLASHGRAB_USER_RATE", "-1"),
+            ("FLASHGRAB_IP_BURST", "0"),
+            ("FLASHGRAB_MAX_IN_FLIGHT", "0"),
+            ("FLASHGRAB_BREAKER_OPEN_MS", "1"),
+            ("FLASHGRAB_TRUSTED_PROXY_HEADER", "bad header"),
         ] {
             let mut pairs = SECRETS.to_vec();
             pairs.push((k, v));
             assert_eq!(Settings::load(None, env(&pairs), false).unwrap_err().setting, k, "{k}={v}");
         }
+    }
+
+    #[test]
+    fn protection_defaults_and_switches() {
+        let s = Settings::load(None, env(&SECRETS), false).unwrap();
+        assert_eq!(s.protect, ProtectSettings::default());
+        let mut pairs = SECRETS.to_vec();
+        pairs.extend([
+            ("FLASHGRAB_IP_RATE", "0"),
+            ("FLASHGRAB_USER_RATE", "3"),
+            ("FLASHGRAB_USER_BURST", "4"),
+            ("FLASHGRAB_TRUSTED_PROXY_HEADER", "X-Forwarded-For"),
+        ]);
+        let s = Settings::load(None, env(&pairs), false).unwrap();
+        assert_eq!(s.protect.ip_rate, None);
+        assert_eq!(s.protect.user_rate, Some(Rate { per_sec: 3, burst: 4 }));
+        assert_eq!(s.protect.trusted_proxy_header.as_deref(), Some("x-forwarded-for"));
+    }
+
+    #[test]
+    fn durability_modes() {
+        let s = Settings::load(None, env(&SECRETS), false).unwrap();
+        assert_eq!(s.durability, crate::stock::Durability::Fast);
+        let mut pairs = SECRETS.to_vec();
+        pairs.extend([("FLASHGRAB_DURABILITY", "replicated"), ("FLASHGRAB_REPLICA_WAIT_MS", "75")]);
+        let s = Settings::load(None, env(&pairs), false).unwrap();
+        assert_eq!(s.durability, crate::stock::Durability::Replicated { wait: Duration::from_millis(75) });
+        // The wait must fit in the Redis timeout.
+        pairs.push(("FLASHGRAB_REDIS_TIMEOUT_MS", "75"));
+        assert_eq!(Settings::load(None, env(&pairs), false).unwrap_err().setting, "FLASHGRAB_REPLICA_WAIT_MS");
     }
 
     #[test]

@@ -30,6 +30,7 @@ pub mod http;
 pub mod metrics;
 pub mod outbox;
 pub mod persist;
+pub mod protect;
 pub mod service;
 pub mod startup;
 pub mod stock;

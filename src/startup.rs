@@ -17,8 +17,11 @@ use crate::http::{AppInner, AppState, router};
 use crate::metrics::PipelineMetrics;
 use crate::outbox::relay::Relay;
 use crate::persist::worker::PersistWorker;
-use crate::service::{CampaignService, ClaimService};
+use crate::outbox::events::EventPublisher;
+use crate::service::{CampaignService, ClaimService, CouponService, ReportService};
+use crate::protect::{Breaker, Protection};
 use crate::stock::StockStore;
+use crate::stock::broadcast::{Notice, Subscriber};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -37,6 +40,12 @@ pub struct Application {
     /// Background parts of `serve`, started by `run_until`.
     relay: Option<Relay>,
     worker: Option<PersistWorker>,
+    events: Option<EventPublisher>,
+    /// Sold-out and close notices from the other instances.
+    notices: Subscriber,
+    /// Bound of the graceful shutdown, from the signal to the end of the
+    /// flush (`FLASHGRAB_SHUTDOWN_TIMEOUT_MS`).
+    shutdown_timeout: std::time::Duration,
 }
 
 /// Connects to MySQL and applies the migrations (`flashgrab migrate`, and
@@ -52,7 +61,11 @@ impl Application {
         let db = migrate(settings).await?;
         let stock = StockStore::connect(&settings.redis_nodes, &settings.key_prefix, settings.redis_timeout)
             .await
-            .map_err(|source| StartupError::Redis { nodes: settings.redis_nodes.join(","), source })?;
+            .map_err(|source| StartupError::Redis { nodes: settings.redis_nodes.join(","), source })?
+            .with_durability(settings.durability)
+            .with_breaker(Arc::new(Breaker::new(settings.protect.breaker_failures, settings.protect.breaker_open)));
+        let protection = Arc::new(Protection::new(&settings.protect));
+        let notices = Subscriber::new(&settings.redis_nodes, &settings.key_prefix, settings.redis_timeout);
         let metrics = Arc::new(PipelineMetrics::default());
         let relay = settings.run_relay.then(|| {
             Relay::new(
@@ -62,15 +75,33 @@ impl Application {
                 settings.redis_timeout,
                 settings.relay_reclaim_idle,
             )
+            .with_amqp_timeout(settings.amqp_timeout)
         });
         let worker = settings
             .run_persist
-            .then(|| PersistWorker::new(db.clone(), settings.amqp_url.clone(), &settings.key_prefix, metrics.clone()));
+            .then(|| PersistWorker::new(db.clone(), settings.amqp_url.clone(), &settings.key_prefix, metrics.clone()))
+            .map(|w| w.with_amqp_timeout(settings.amqp_timeout));
         let campaigns = CampaignService::new(db.clone(), stock.clone(), settings.campaign_cache_ttl);
-        let claims = ClaimService::new(campaigns.clone(), stock.clone(), db.clone());
+        let claims = ClaimService::new(campaigns.clone(), stock.clone(), db.clone()).with_protection(protection.clone());
+        // Redeem/release events leave through the relay's broker connection
+        // settings; the publisher runs wherever the relay runs.
+        let wake_events = Arc::new(tokio::sync::Notify::new());
+        let events = settings.run_relay.then(|| {
+            EventPublisher::new(
+                db.clone(),
+                settings.amqp_url.clone(),
+                &settings.key_prefix,
+                wake_events.clone(),
+                metrics.clone(),
+            )
+        });
+        let coupons = CouponService::new(campaigns.clone(), claims.clone(), db.clone(), wake_events);
+        let reports = ReportService::new(campaigns.clone(), db.clone());
         let state = AppState::new(AppInner {
             campaigns,
             claims,
+            coupons,
+            reports,
             admin_token: settings.admin_token.clone(),
             jwt: JwtKeys::new(settings.user_jwt_secret.as_bytes()),
             stock,
@@ -80,11 +111,14 @@ impl Application {
                 settings.redis_timeout.max(std::time::Duration::from_secs(2)),
             ),
             metrics,
+            protection,
+            trusted_proxy_header: settings.protect.trusted_proxy_header.clone(),
+            http_metrics: Default::default(),
         });
         let listener = TcpListener::bind(settings.listen)
             .await
             .map_err(|source| StartupError::Bind { addr: settings.listen, source })?;
-        Ok(Self { listener, state, relay, worker })
+        Ok(Self { listener, state, relay, worker, events, notices, shutdown_timeout: settings.shutdown_timeout })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -95,26 +129,118 @@ impl Application {
         &self.state
     }
 
-    /// Serves until `shutdown` resolves, then stops accepting, lets the
-    /// requests in flight finish, and only then stops the relay and the
-    /// persist worker (each finishes the batch in hand), so every claim
-    /// answered 201 is in the outbox before the relay stops.
+    /// Serves until `shutdown` resolves, then shuts down gracefully within
+    /// `FLASHGRAB_SHUTDOWN_TIMEOUT_MS` of the signal:
+    ///
+    /// 1. stop accepting and let the requests in flight finish (each claim
+    ///    answered 201 is in the outbox by then);
+    /// 2. keep the relay running until every outbox entry that existed at
+    ///    that moment was published and confirmed, then stop it (and the
+    ///    event publisher);
+    /// 3. stop the persist worker, which first drains what the broker still
+    ///    has for it, commits and acks.
+    ///
+    /// Past the deadline the rest is left where it is safe (outbox, queue)
+    /// for the next relay and worker, and this returns anyway.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-        let background = CancellationToken::new();
-        let mut tasks = Vec::new();
-        if let Some(relay) = self.relay {
-            tasks.push(tokio::spawn(relay.run(background.clone())));
+        let relay_stop = CancellationToken::new();
+        let worker_stop = CancellationToken::new();
+        let relay = self.relay.map(|r| tokio::spawn(r.run(relay_stop.clone())));
+        let events = self.events.map(|e| tokio::spawn(e.run(relay_stop.clone())));
+        let worker = self.worker.map(|w| tokio::spawn(w.run(worker_stop.clone())));
+        let stock = self.state.stock.clone();
+        let limit = self.shutdown_timeout;
+        // Rate-limiter housekeeping and the notice subscriber live as long
+        // as this function (cancelled when it returns).
+        let front_stop = CancellationToken::new();
+        let _front_guard = front_stop.clone().drop_guard();
+        tokio::spawn(self.state.protection.clone().run_housekeeping(front_stop.clone()));
+        {
+            let state = self.state.clone();
+            tokio::spawn(self.notices.run(move |n| apply_notice(&state, n), front_stop.clone()));
         }
-        if let Some(worker) = self.worker {
-            tasks.push(tokio::spawn(worker.run(background.clone())));
+
+        let signalled = CancellationToken::new();
+        let signal_at = Arc::new(std::sync::OnceLock::new());
+        {
+            let (signalled, signal_at) = (signalled.clone(), signal_at.clone());
+            tokio::spawn(async move {
+                shutdown.await;
+                let _ = signal_at.set(tokio::time::Instant::now());
+                signalled.cancel();
+            });
         }
         let app = router(self.state);
-        let served = axum::serve(self.listener, app).with_graceful_shutdown(shutdown).await;
-        background.cancel();
-        for t in tasks {
-            let _ = t.await;
+        let serve = axum::serve(self.listener, app.into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(signalled.clone().cancelled_owned());
+        let served = tokio::select! {
+            r = std::future::IntoFuture::into_future(serve) => r,
+            () = async { signalled.cancelled().await; tokio::time::sleep(limit).await } => {
+                tracing::warn!(?limit, "requests still in flight at the shutdown deadline; not waiting for them");
+                Ok(())
+            }
+        };
+        let deadline = signal_at.get().copied().unwrap_or_else(tokio::time::Instant::now) + limit;
+        tracing::info!("http server stopped; flushing the outbox relay and the persist worker");
+
+        let flush = async {
+            if let Some(relay) = relay {
+                wait_outbox_relayed(&stock).await;
+                relay_stop.cancel();
+                let _ = relay.await;
+            }
+            relay_stop.cancel();
+            if let Some(events) = events {
+                let _ = events.await;
+            }
+            worker_stop.cancel();
+            if let Some(worker) = worker {
+                let _ = worker.await;
+            }
+        };
+        if tokio::time::timeout_at(deadline, flush).await.is_err() {
+            tracing::warn!(
+                ?limit,
+                "shutdown deadline reached before the outbox and the queue were flushed; \
+                 what is left is relayed and persisted by the next relay and worker"
+            );
+            relay_stop.cancel();
+            worker_stop.cancel();
+        } else {
+            tracing::info!("shutdown complete: outbox relayed, persist batches committed and acked");
         }
         served
+    }
+}
+
+/// Waits until every entry in the outbox streams right now has been relayed
+/// (published, confirmed, deleted) by some relay. Redis errors are retried:
+/// the caller bounds the wait.
+async fn wait_outbox_relayed(stock: &StockStore) {
+    /// Pause between two checks of the outbox.
+    const POLL: std::time::Duration = std::time::Duration::from_millis(20);
+    let heads = loop {
+        match stock.outbox_heads().await {
+            Ok(h) => break h,
+            Err(e) => tracing::warn!(error = %e, "cannot read the outbox heads; retrying"),
+        }
+        tokio::time::sleep(POLL).await;
+    };
+    loop {
+        match stock.outbox_unrelayed(&heads).await {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot check the outbox; retrying"),
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Applies a notice of another instance (or of this one) to the in-memory
+/// state the fast paths read.
+fn apply_notice(state: &AppState, notice: Notice) {
+    match notice {
+        Notice::SoldOut(id) => state.claims.mark_sold_out(&id),
+        Notice::Closed(id) => state.campaigns.apply_closed(&id, chrono::Utc::now()),
     }
 }
 

@@ -1,12 +1,13 @@
-//! The admin calls of the harness: create the campaign, read its stats.
-//! The claim request itself is built in `engine` (hot path).
+//! The calls of the harness outside the load itself: create the campaign,
+//! read its stats, list a user's coupons. The claim and redeem requests are
+//! built in `engine` (hot path).
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use chrono::{SecondsFormat, Utc};
 use http_body_util::Full;
 use hyper::Request;
-use hyper::header::{AUTHORIZATION, CONTENT_TYPE};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -18,16 +19,29 @@ pub struct CampaignSpec {
     pub total_stock: u64,
     /// `None`: let the service choose from the cluster size.
     pub shards: Option<u32>,
-    /// How long the campaign stays open; the run must fit in it.
+    /// How long after its creation the campaign starts (the drop waits for it).
+    pub starts_in: chrono::Duration,
+    /// How long the campaign stays open after its start; the run must fit in it.
     pub open_for: chrono::Duration,
 }
 
+/// Discount of every coupon the harness creates (fixed, no minimum spend,
+/// no restriction), so a redemption's expected discount is known.
+pub const DISCOUNT_CENTS: i64 = 500;
+
 /// The fields of `GET /v1/campaigns/{id}/stats` the invariants need.
-#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
 pub struct Stats {
     pub total_stock: u64,
     pub remaining: u64,
     pub claimed: u64,
+    /// Rows in the database; converges to `claimed`.
+    #[serde(default)]
+    pub persisted: u64,
+    #[serde(default)]
+    pub redeemed: u64,
+    #[serde(default)]
+    pub discount_total_cents: i64,
 }
 
 fn describe(e: SendError) -> anyhow::Error {
@@ -37,22 +51,34 @@ fn describe(e: SendError) -> anyhow::Error {
     }
 }
 
-/// Creates a campaign starting a second ago (live at once), one coupon per
-/// user, and returns its id.
+/// A created campaign.
+pub struct Created {
+    pub id: String,
+    pub starts_at: chrono::DateTime<Utc>,
+}
+
+/// Creates a campaign with one coupon per user starting `spec.starts_in`
+/// from now (a zero or negative value makes it live at once: it then starts
+/// a second ago) and returns its id and start.
 pub async fn create_campaign(
     http: &Http,
     base: &str,
     admin_token: &str,
     spec: &CampaignSpec,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<Created> {
     let now = Utc::now();
+    let starts_at = if spec.starts_in > chrono::Duration::zero() {
+        now + spec.starts_in
+    } else {
+        now - chrono::Duration::seconds(1)
+    };
     let mut body = json!({
         "name": spec.name,
         "total_stock": spec.total_stock,
         "per_user_limit": 1,
-        "starts_at": (now - chrono::Duration::seconds(1)).to_rfc3339_opts(SecondsFormat::Millis, true),
-        "ends_at": (now + spec.open_for).to_rfc3339_opts(SecondsFormat::Millis, true),
-        "coupon": {"discount": {"type": "fixed", "amount_cents": 500}, "valid_for_days": 7},
+        "starts_at": starts_at.to_rfc3339_opts(SecondsFormat::Millis, true),
+        "ends_at": (starts_at + spec.open_for).to_rfc3339_opts(SecondsFormat::Millis, true),
+        "coupon": {"discount": {"type": "fixed", "amount_cents": DISCOUNT_CENTS}, "valid_for_days": 7},
     });
     if let Some(s) = spec.shards {
         body["shards"] = json!(s);
@@ -66,11 +92,11 @@ pub async fn create_campaign(
         bail!("POST /v1/campaigns answered {status}: {}", String::from_utf8_lossy(&reply));
     }
     #[derive(Deserialize)]
-    struct Created {
+    struct Reply {
         id: String,
     }
-    let created: Created = serde_json::from_slice(&reply).context("POST /v1/campaigns: reply without an id")?;
-    Ok(created.id)
+    let created: Reply = serde_json::from_slice(&reply).context("POST /v1/campaigns: reply without an id")?;
+    Ok(Created { id: created.id, starts_at })
 }
 
 pub async fn fetch_stats(http: &Http, base: &str, admin_token: &str, campaign: &str) -> anyhow::Result<Stats> {
@@ -83,4 +109,25 @@ pub async fn fetch_stats(http: &Http, base: &str, admin_token: &str, campaign: &
         bail!("GET {path} answered {status}: {}", String::from_utf8_lossy(&reply));
     }
     serde_json::from_slice(&reply).with_context(|| format!("GET {path}: unexpected body"))
+}
+
+/// The coupon ids `GET /v1/me/coupons?campaign_id=` lists for one user.
+pub async fn my_coupons(http: &Http, base: &str, auth: &HeaderValue, campaign: &str) -> anyhow::Result<Vec<String>> {
+    let path = format!("/v1/me/coupons?campaign_id={campaign}");
+    let req =
+        Request::get(format!("{base}{path}")).header(AUTHORIZATION, auth.clone()).body(Full::new(Bytes::new()))?;
+    let (status, reply) = http.send(req).await.map_err(describe).with_context(|| format!("GET {path}"))?;
+    if status.as_u16() != 200 {
+        bail!("GET {path} answered {status}: {}", String::from_utf8_lossy(&reply));
+    }
+    #[derive(Deserialize)]
+    struct Coupon {
+        id: String,
+    }
+    #[derive(Deserialize)]
+    struct Coupons {
+        coupons: Vec<Coupon>,
+    }
+    let list: Coupons = serde_json::from_slice(&reply).with_context(|| format!("GET {path}: unexpected body"))?;
+    Ok(list.coupons.into_iter().map(|c| c.id).collect())
 }

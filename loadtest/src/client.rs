@@ -12,6 +12,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
+use hyper::header::RETRY_AFTER;
 use hyper::{Request, StatusCode, Uri};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -24,6 +25,14 @@ pub enum SendError {
     Timeout,
     /// Connect, write or read failed: the claim may have happened.
     Transport(String),
+}
+
+/// A complete HTTP answer.
+pub struct Answer {
+    pub status: StatusCode,
+    pub body: Bytes,
+    /// `Retry-After` in seconds, when the server sent one.
+    pub retry_after: Option<u64>,
 }
 
 /// A cloneable handle on the connection pool.
@@ -45,11 +54,21 @@ impl Http {
 
     /// Sends `req` and reads the whole body.
     pub async fn send(&self, req: Request<Full<Bytes>>) -> Result<(StatusCode, Bytes), SendError> {
+        self.exchange(req).await.map(|a| (a.status, a.body))
+    }
+
+    /// Sends `req` and reads the whole body and the `Retry-After` header.
+    pub async fn exchange(&self, req: Request<Full<Bytes>>) -> Result<Answer, SendError> {
         let exchange = async {
             let resp = self.client.request(req).await.map_err(transport)?;
             let status = resp.status();
+            let retry_after = resp
+                .headers()
+                .get(RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok());
             let body = resp.into_body().collect().await.map_err(transport)?.to_bytes();
-            Ok((status, body))
+            Ok(Answer { status, body, retry_after })
         };
         tokio::time::timeout(self.timeout, exchange).await.map_err(|_| SendError::Timeout)?
     }

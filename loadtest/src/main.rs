@@ -1,13 +1,17 @@
 //! `flashgrab-loadtest`: drives a running flashgrab over HTTP and checks
 //! that the numbers add up afterwards.
 //!
-//! - `drop`: one timed drop. Creates a campaign, pre-mints one JWT per user,
-//!   fires claims from a fixed number of workers (closed loop, or open loop
-//!   at a fixed rate), shows progress every second, prints a latency summary
-//!   per outcome, then checks the invariants through the stats API and exits
-//!   1 naming the first broken one.
+//! - `drop`: a timed drop: a burst of users (some double-tapping, some
+//!   retrying) until sell-out and beyond.
+//! - `steady`: a fixed arrival rate for a duration (open loop).
+//! - `redeem`: claim, then redeem at checkout pace.
 //! - `tokens`: writes pre-minted user JWTs to a file, one per line, for other
 //!   load generators (the wrk run of `scripts/bench`).
+//!
+//! Every scenario shows progress every second, prints a latency summary per
+//! outcome, writes a JSON and an HTML report, checks the invariants through
+//! the API (and the database with `--mysql-url`) and exits 1 naming the
+//! broken ones (2 for a usage or setup error).
 //!
 //! Bounded by construction: a request count, a wall-clock duration and a
 //! per-request timeout; the targets must be loopback addresses unless
@@ -16,18 +20,25 @@
 
 mod api;
 mod client;
-mod drop;
+mod db;
 mod engine;
+mod html;
 mod invariants;
 mod outcome;
+mod persistence;
 mod report;
+mod scenario;
 mod tokens;
 
+use std::future::Future;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// Load-test harness for flashgrab.
+use crate::scenario::Verdict;
+
+/// Load-test harness for flashgrab: scenarios against running instances,
+/// latency per outcome, JSON + HTML reports, invariant checks.
 #[derive(Parser)]
 #[command(version, about, long_about = None)]
 struct Cli {
@@ -37,11 +48,34 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run one drop: create a campaign, claim from it with many users, check
-    /// the invariants.
-    Drop(drop::DropArgs),
+    /// A timed drop: create a campaign, wait for its start, then a burst of
+    /// users (a share double-tapping, a share retrying) until sell-out and
+    /// beyond; check the invariants. Exit 1 if one broke.
+    Drop(scenario::DropArgs),
+    /// A fixed arrival rate (open loop) for a duration, one new user per
+    /// arrival; check the invariants. Exit 1 if one broke.
+    Steady(scenario::SteadyArgs),
+    /// Claim, then redeem each coupon at checkout pace (some users twice,
+    /// same order); check claims and redemptions. Exit 1 if one broke.
+    Redeem(scenario::RedeemArgs),
     /// Write pre-minted user JWTs to a file, one per line.
     Tokens(tokens::TokensArgs),
+}
+
+fn on_runtime(threads: usize, f: impl Future<Output = anyhow::Result<Verdict>>) -> ExitCode {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(threads.max(1)).enable_all().build();
+    let result = match runtime {
+        Ok(rt) => rt.block_on(f),
+        Err(e) => Err(e.into()),
+    };
+    match result {
+        Ok(Verdict::Held) => ExitCode::SUCCESS,
+        Ok(Verdict::Broken) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("flashgrab-loadtest: {e:#}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -53,21 +87,8 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Drop(args) => {
-            let runtime =
-                tokio::runtime::Builder::new_multi_thread().worker_threads(args.threads.max(1)).enable_all().build();
-            let result = match runtime {
-                Ok(rt) => rt.block_on(drop::run(args)),
-                Err(e) => Err(e.into()),
-            };
-            match result {
-                Ok(drop::Verdict::Held) => ExitCode::SUCCESS,
-                Ok(drop::Verdict::Broken) => ExitCode::from(1),
-                Err(e) => {
-                    eprintln!("flashgrab-loadtest: {e:#}");
-                    ExitCode::from(2)
-                }
-            }
-        }
+        Command::Drop(a) => on_runtime(a.common.threads, scenario::drop(a)),
+        Command::Steady(a) => on_runtime(a.common.threads, scenario::steady(a)),
+        Command::Redeem(a) => on_runtime(a.common.threads, scenario::redeem(a)),
     }
 }

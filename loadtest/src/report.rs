@@ -1,4 +1,6 @@
-//! Latency histograms per outcome, the summary table and the JSON report.
+//! Latency histograms per operation and outcome, the summary table and the
+//! JSON report (the HTML report is rendered from the same [`Report`] in
+//! `html`).
 //!
 //! Each worker records into its own [`Hists`] (no locking on the hot path);
 //! they are merged once at the end. Values are microseconds, 1 us to 60 s at
@@ -12,26 +14,35 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::api::Stats;
+use crate::engine::Second;
 use crate::invariants::Check;
-use crate::outcome::Outcome;
+use crate::outcome::{Op, Outcome};
+use crate::persistence::StatsSample;
 
 const MAX_MICROS: u64 = 60_000_000;
 
-/// One histogram per outcome, created on first use.
+/// Quantiles kept for the latency distribution plot.
+pub const PLOT_QUANTILES: [f64; 12] = [0.0, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 0.9995, 0.9999, 1.0];
+
+/// One histogram per operation and outcome, created on first use.
 #[derive(Default)]
 pub struct Hists {
-    by_outcome: [Option<Histogram<u64>>; Outcome::COUNT],
+    by: [[Option<Histogram<u64>>; Outcome::COUNT]; Op::COUNT],
+}
+
+fn new_hist() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, MAX_MICROS, 3).expect("static bounds are valid")
 }
 
 impl Hists {
-    pub fn record(&mut self, outcome: Outcome, micros: u64) {
-        self.by_outcome[outcome.index()]
-            .get_or_insert_with(|| Histogram::new_with_bounds(1, MAX_MICROS, 3).expect("static bounds are valid"))
+    pub fn record(&mut self, op: Op, outcome: Outcome, micros: u64) {
+        self.by[op.index()][outcome.index()]
+            .get_or_insert_with(new_hist)
             .saturating_record(micros.clamp(1, MAX_MICROS));
     }
 
     pub fn merge(&mut self, other: Hists) {
-        for (mine, theirs) in self.by_outcome.iter_mut().zip(other.by_outcome) {
+        for (mine, theirs) in self.by.iter_mut().flatten().zip(other.by.into_iter().flatten()) {
             match (mine.as_mut(), theirs) {
                 (Some(m), Some(t)) => m.add(&t).expect("same bounds"),
                 (None, Some(t)) => *mine = Some(t),
@@ -40,21 +51,26 @@ impl Hists {
         }
     }
 
-    pub fn get(&self, outcome: Outcome) -> Option<&Histogram<u64>> {
-        self.by_outcome[outcome.index()].as_ref()
+    pub fn get(&self, op: Op, outcome: Outcome) -> Option<&Histogram<u64>> {
+        self.by[op.index()][outcome.index()].as_ref()
     }
 }
 
 /// Latency quantiles of one outcome, in milliseconds.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct OutcomeSummary {
+    pub op: &'static str,
     pub outcome: &'static str,
+    /// Row label of the table.
+    pub label: String,
     pub count: u64,
     pub p50_ms: f64,
     pub p90_ms: f64,
     pub p99_ms: f64,
     pub p999_ms: f64,
     pub max_ms: f64,
+    /// `[quantile, ms]` at [`PLOT_QUANTILES`], for the distribution plot.
+    pub percentiles: Vec<[f64; 2]>,
 }
 
 fn ms(micros: u64) -> f64 {
@@ -62,23 +78,28 @@ fn ms(micros: u64) -> f64 {
 }
 
 impl OutcomeSummary {
-    fn of(outcome: Outcome, h: &Histogram<u64>) -> Self {
+    fn of(op: Op, outcome: &'static str, label: String, h: &Histogram<u64>) -> Self {
         Self {
-            outcome: outcome.key(),
+            op: op.key(),
+            outcome,
+            label,
             count: h.len(),
             p50_ms: ms(h.value_at_quantile(0.50)),
             p90_ms: ms(h.value_at_quantile(0.90)),
             p99_ms: ms(h.value_at_quantile(0.99)),
             p999_ms: ms(h.value_at_quantile(0.999)),
             max_ms: ms(h.max()),
+            percentiles: PLOT_QUANTILES.iter().map(|q| [*q, ms(h.value_at_quantile(*q))]).collect(),
         }
     }
 }
 
-/// Everything a run produced, as written to `--json`.
+/// Everything a run produced, as written to the JSON report.
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub scenario: &'static str,
+    /// UTC time the load started.
+    pub started_at: String,
     pub campaign_id: String,
     pub urls: Vec<String>,
     pub users: u32,
@@ -89,38 +110,67 @@ pub struct Report {
     /// What latency is measured from: the send (closed loop) or the
     /// scheduled send time (open loop, so queueing counts).
     pub latency_from: &'static str,
+    /// User taps sent (a double tap is one arrival, two requests).
+    pub arrivals: u64,
+    /// HTTP requests of every kind.
     pub requests: u64,
     pub elapsed_s: f64,
     pub throughput_per_s: f64,
     pub granted_per_s: f64,
+    /// Time from the start of the load to the last 201.
+    pub last_grant_s: Option<f64>,
+    /// Time from the start of the load to the first 410 `sold_out`.
+    pub first_sold_out_s: Option<f64>,
+    /// Retries and redemptions not sent because the run was over.
+    pub abandoned: u64,
     pub outcomes: Vec<OutcomeSummary>,
+    /// All claim answers together.
     pub all: Option<OutcomeSummary>,
+    /// Per second of the run.
+    pub timeline: Vec<Second>,
+    /// The stats endpoint polled during and after the run.
+    pub persistence: Vec<StatsSample>,
+    /// Seconds after the load ended until `persisted == claimed`.
+    pub persisted_after_s: Option<f64>,
     pub stats: Option<Stats>,
     pub invariants: Vec<Check>,
     pub held: bool,
 }
 
-/// Quantiles of every outcome seen, plus all outcomes together.
+/// Quantiles of every (operation, outcome) seen, plus all claims together.
 pub fn summarise(hists: &Hists) -> (Vec<OutcomeSummary>, Option<OutcomeSummary>) {
     let mut all: Option<Histogram<u64>> = None;
     let mut rows = Vec::new();
-    for o in Outcome::ALL {
-        if let Some(h) = hists.get(o) {
-            rows.push(OutcomeSummary::of(o, h));
-            match all.as_mut() {
-                Some(a) => a.add(h).expect("same bounds"),
-                None => all = Some(h.clone()),
+    for op in Op::ALL {
+        for o in Outcome::ALL {
+            let Some(h) = hists.get(op, o) else { continue };
+            let label = match op {
+                Op::Claim => o.label().to_owned(),
+                Op::Redeem => format!("redeem: {}", o.label()),
+            };
+            rows.push(OutcomeSummary::of(op, o.key(), label, h));
+            if op == Op::Claim {
+                match all.as_mut() {
+                    Some(a) => a.add(h).expect("same bounds"),
+                    None => all = Some(h.clone()),
+                }
             }
         }
     }
-    let all = all.map(|h| OutcomeSummary { outcome: "all", ..OutcomeSummary::of(Outcome::Granted, &h) });
+    let all = all.map(|h| OutcomeSummary::of(Op::Claim, "all", "all claims".to_owned(), &h));
     (rows, all)
+}
+
+fn opt_s(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".to_owned(), |s| format!("{s:.2} s"))
 }
 
 pub fn print_summary(r: &Report) {
     println!();
+    // scripts/bench reads "= N req/s" from this line and the "201 granted" row.
     println!(
-        "drop {}: {} requests in {:.2} s = {:.0} req/s ({:.0} grants/s), {} workers, {}",
+        "{} {}: {} requests in {:.2} s = {:.0} req/s ({:.0} grants/s), {} workers, {}",
+        r.scenario,
         r.campaign_id,
         r.requests,
         r.elapsed_s,
@@ -128,34 +178,42 @@ pub fn print_summary(r: &Report) {
         r.granted_per_s,
         r.concurrency,
         match r.rate_per_s {
-            Some(rate) => format!("open loop at {rate:.0} req/s"),
+            Some(rate) => format!("open loop at {rate:.0} arrivals/s"),
             None => "closed loop".to_owned(),
         }
     );
-    println!("latency from {}", r.latency_from);
     println!(
-        "{:<20} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "latency from {}; {} arrivals; last 201 at {}, first sold_out at {}; {} follow-ups abandoned",
+        r.latency_from,
+        r.arrivals,
+        opt_s(r.last_grant_s),
+        opt_s(r.first_sold_out_s),
+        r.abandoned
+    );
+    println!(
+        "{:<28} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
         "outcome", "count", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms"
     );
-    let label = |key: &str| Outcome::ALL.iter().find(|o| o.key() == key).map_or("all", |o| o.label());
     for row in r.outcomes.iter().chain(r.all.iter()) {
         println!(
-            "{:<20} {:>9} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
-            label(row.outcome),
-            row.count,
-            row.p50_ms,
-            row.p90_ms,
-            row.p99_ms,
-            row.p999_ms,
-            row.max_ms
+            "{:<28} {:>9} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
+            row.label, row.count, row.p50_ms, row.p90_ms, row.p99_ms, row.p999_ms, row.max_ms
         );
     }
     if let Some(s) = &r.stats {
-        println!("store: total_stock {} remaining {} claimed {}", s.total_stock, s.remaining, s.claimed);
+        println!(
+            "store: total_stock {} remaining {} claimed {} persisted {} (equal {} after the load) redeemed {}",
+            s.total_stock,
+            s.remaining,
+            s.claimed,
+            s.persisted,
+            opt_s(r.persisted_after_s),
+            s.redeemed
+        );
     }
     println!("invariants:");
     for c in &r.invariants {
-        println!("  {:<4} {:<28} {}", if c.ok { "ok" } else { "FAIL" }, c.name, c.detail);
+        println!("  {:<4} {:<30} {}", if c.ok { "ok" } else { "FAIL" }, c.name, c.detail);
     }
 }
 
@@ -173,15 +231,33 @@ mod tests {
         let mut a = Hists::default();
         let mut b = Hists::default();
         for v in 1..=100 {
-            a.record(Outcome::Granted, v * 1000);
+            a.record(Op::Claim, Outcome::Granted, v * 1000);
         }
-        b.record(Outcome::SoldOut, 5000);
-        b.record(Outcome::Granted, 1);
+        b.record(Op::Claim, Outcome::SoldOut, 5000);
+        b.record(Op::Claim, Outcome::Granted, 1);
+        b.record(Op::Redeem, Outcome::Redeemed, 2000);
         a.merge(b);
         let (rows, all) = summarise(&a);
-        assert_eq!(rows.len(), 2);
-        assert_eq!(rows[0].count, 101);
-        assert_eq!(all.unwrap().count, 102);
+        assert_eq!(rows.len(), 3);
+        assert_eq!((rows[0].label.as_str(), rows[0].count), ("201 granted", 101));
+        assert!((rows[0].p50_ms - 50.0).abs() < 0.1, "{}", rows[0].p50_ms);
+        assert!((rows[0].max_ms - 100.0).abs() < 0.1);
         assert!((rows[1].p50_ms - 5.0).abs() < 0.01);
+        assert_eq!((rows[2].op, rows[2].label.as_str()), ("redeem", "redeem: 200 redeemed"));
+        // Redemptions are not claims.
+        let all = all.unwrap();
+        assert_eq!(all.count, 102);
+        assert_eq!(all.percentiles.len(), PLOT_QUANTILES.len());
+        assert!(all.percentiles.windows(2).all(|w| w[0][1] <= w[1][1]));
+    }
+
+    #[test]
+    fn clamps_out_of_range_values() {
+        let mut h = Hists::default();
+        h.record(Op::Claim, Outcome::Timeout, 0);
+        h.record(Op::Claim, Outcome::Timeout, u64::MAX);
+        let (rows, _) = summarise(&h);
+        assert_eq!(rows[0].count, 2);
+        assert!(rows[0].max_ms <= 60_100.0, "{}", rows[0].max_ms);
     }
 }

@@ -27,7 +27,26 @@ pub struct CouponRow {
     pub claimed_at: DateTime<Utc>,
     pub valid_from: DateTime<Utc>,
     pub valid_until: DateTime<Utc>,
+    /// Set while the coupon is redeemed (the database decides redemptions).
+    pub redemption: Option<Redemption>,
 }
+
+/// The order a coupon is redeemed on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redemption {
+    pub order_id: String,
+    pub discount_cents: i64,
+    pub redeemed_at: DateTime<Utc>,
+}
+
+/// Columns [`row_of`] reads.
+macro_rules! coupon_columns {
+    () => {
+        "id, campaign_id, user_id, shard, claimed_at, valid_from, valid_until, status, order_id, discount_cents, \
+         redeemed_at"
+    };
+}
+pub(crate) use coupon_columns;
 
 impl CouponRow {
     /// True when the row says what the claim record says (times compared at
@@ -43,7 +62,16 @@ impl CouponRow {
     }
 }
 
-fn row_of(r: &sqlx::mysql::MySqlRow) -> std::result::Result<CouponRow, sqlx::Error> {
+pub(crate) fn row_of(r: &sqlx::mysql::MySqlRow) -> std::result::Result<CouponRow, sqlx::Error> {
+    let status: String = r.try_get("status")?;
+    let redemption = match (status.as_str(), r.try_get("order_id")?, r.try_get("redeemed_at")?) {
+        ("redeemed", Some(order_id), Some(redeemed_at)) => Some(Redemption {
+            order_id,
+            discount_cents: r.try_get::<Option<i64>, _>("discount_cents")?.unwrap_or(0),
+            redeemed_at,
+        }),
+        _ => None,
+    };
     Ok(CouponRow {
         id: r.try_get("id")?,
         campaign_id: r.try_get("campaign_id")?,
@@ -52,6 +80,7 @@ fn row_of(r: &sqlx::mysql::MySqlRow) -> std::result::Result<CouponRow, sqlx::Err
         claimed_at: r.try_get("claimed_at")?,
         valid_from: r.try_get("valid_from")?,
         valid_until: r.try_get("valid_until")?,
+        redemption,
     })
 }
 
@@ -105,10 +134,11 @@ impl Db {
     /// A user's coupon rows, optionally of one campaign (newest first, at most
     /// 1000: the listing is for an app screen).
     pub async fn user_coupons(&self, user_id: &str, campaign_id: Option<&str>) -> Result<Vec<CouponRow>> {
-        let q = sqlx::query(
-            "SELECT id, campaign_id, user_id, shard, claimed_at, valid_from, valid_until FROM coupons \
-             WHERE user_id = ? AND (? IS NULL OR campaign_id = ?) ORDER BY claimed_at DESC LIMIT 1000",
-        )
+        let q = sqlx::query(concat!(
+            "SELECT ",
+            coupon_columns!(),
+            " FROM coupons WHERE user_id = ? AND (? IS NULL OR campaign_id = ?) ORDER BY claimed_at DESC LIMIT 1000"
+        ))
         .bind(user_id)
         .bind(campaign_id)
         .bind(campaign_id);
@@ -118,9 +148,7 @@ impl Db {
 
     /// Every coupon row of a campaign (reconcile).
     pub async fn campaign_coupons(&self, campaign_id: &str) -> Result<Vec<CouponRow>> {
-        let q = sqlx::query(
-            "SELECT id, campaign_id, user_id, shard, claimed_at, valid_from, valid_until FROM coupons WHERE campaign_id = ?",
-        )
+        let q = sqlx::query(concat!("SELECT ", coupon_columns!(), " FROM coupons WHERE campaign_id = ?"))
         .bind(campaign_id);
         let rows = self.run(q.fetch_all(self.pool())).await?;
         rows.iter().map(row_of).collect::<std::result::Result<_, sqlx::Error>>().map_err(Into::into)

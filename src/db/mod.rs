@@ -5,6 +5,8 @@
 
 pub mod campaigns;
 pub mod coupons;
+pub mod redemptions;
+pub mod reports;
 
 use std::time::Duration;
 

@@ -40,42 +40,61 @@ impl ValidationError {
 type Result<T> = std::result::Result<T, ValidationError>;
 
 /// Body of `POST /v1/campaigns`, exactly as the wire carries it.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateCampaignRequest {
+    #[schema(min_length = 1, max_length = 200)]
     pub name: String,
+    #[schema(minimum = 1, maximum = 1_000_000_000)]
     pub total_stock: i64,
+    /// Default 1.
+    #[schema(minimum = 1, maximum = 100)]
     pub per_user_limit: Option<i64>,
+    #[schema(format = DateTime)]
     pub starts_at: String,
+    /// After `starts_at`.
+    #[schema(format = DateTime)]
     pub ends_at: String,
+    /// Default: chosen from the cluster size and the stock; never more than `total_stock`.
+    #[schema(minimum = 1, maximum = 1024)]
     pub shards: Option<i64>,
     pub coupon: CouponRequest,
 }
 
-#[derive(Debug, Deserialize)]
+/// Exactly one of `valid_until` and `valid_for_days`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CouponRequest {
     pub discount: DiscountRequest,
+    #[schema(minimum = 0)]
     pub min_spend_cents: Option<i64>,
     pub applies_to: Option<AppliesToRequest>,
+    #[schema(minimum = 1, maximum = 3650)]
     pub valid_for_days: Option<i64>,
+    #[schema(format = DateTime)]
     pub valid_until: Option<String>,
+    #[schema(format = DateTime)]
     pub valid_from: Option<String>,
 }
 
 /// Kept as a flat struct rather than a tagged enum so that a bad or missing
 /// field is reported by its own name.
-#[derive(Debug, Deserialize)]
+/// `{"type":"fixed","amount_cents":N}` or `{"type":"percent","percent":P,"max_cents":M}`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DiscountRequest {
     #[serde(rename = "type")]
+    #[schema(pattern = "^(fixed|percent)$")]
     pub kind: String,
+    #[schema(minimum = 1)]
     pub amount_cents: Option<i64>,
+    #[schema(minimum = 1, maximum = 100)]
     pub percent: Option<i64>,
+    #[schema(minimum = 0)]
     pub max_cents: Option<i64>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AppliesToRequest {
     pub product_ids: Option<Vec<String>>,
@@ -83,7 +102,7 @@ pub struct AppliesToRequest {
 }
 
 /// The discount a coupon gives.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum Discount {
     Fixed {
@@ -97,7 +116,7 @@ pub enum Discount {
 }
 
 /// Which items of an order a coupon applies to; both empty = the whole order.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AppliesTo {
     #[serde(default)]
     pub product_ids: Vec<String>,
@@ -107,7 +126,7 @@ pub struct AppliesTo {
 
 /// The coupon a campaign hands out, as given by marketing (echoed back in the
 /// Campaign response).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CouponTerms {
     pub discount: Discount,
     pub min_spend_cents: i64,
@@ -280,7 +299,7 @@ impl CreateCampaignRequest {
 }
 
 /// Where a campaign is in its life, as shown to marketing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CampaignStatus {
     Scheduled,

@@ -5,6 +5,7 @@
 pub mod campaign;
 pub mod coupon;
 pub mod ids;
+pub mod order;
 
 pub use campaign::{Campaign, CampaignStatus, CouponTerms, Discount, NewCampaign, ValidationError};
 pub use coupon::CouponRecord;

@@ -35,7 +35,7 @@ fn stats_json(s: &CampaignStats) -> Value {
     json!({
         "campaign_id": s.view.campaign.id, "status": s.view.status, "total_stock": s.view.campaign.total_stock,
         "remaining": s.remaining, "claimed": s.claimed, "persisted": s.persisted,
-        "redeemed": 0, "discount_total_cents": 0, "shards": shards,
+        "redeemed": s.redeemed, "discount_total_cents": s.discount_total_cents, "shards": shards,
     })
 }
 

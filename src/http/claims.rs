@@ -10,18 +10,25 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::extract::{IdempotencyKey, User};
+use super::metrics::ClaimLabel;
 use super::{ApiError, AppState, rfc3339};
 use crate::domain::{CampaignId, CouponId};
 use crate::service::ClaimResult;
 use crate::service::claims::{CouponStatus, CouponView};
 
 pub fn coupon_json(c: &CouponView) -> Value {
-    json!({
+    let mut j = json!({
         "id": c.id, "campaign_id": c.campaign_id, "user_id": c.user_id, "status": c.status,
         "claimed_at": rfc3339(c.claimed_at), "valid_from": rfc3339(c.valid_from),
         "valid_until": rfc3339(c.valid_until), "discount": c.discount,
         "min_spend_cents": c.min_spend_cents, "applies_to": c.applies_to,
-    })
+    });
+    if let Some(r) = &c.redemption {
+        j["redeemed_at"] = json!(rfc3339(r.redeemed_at));
+        j["order_id"] = json!(r.order_id);
+        j["discount_cents"] = json!(r.discount_cents);
+    }
+    j
 }
 
 pub async fn claim(
@@ -29,6 +36,35 @@ pub async fn claim(
     User(user): User,
     IdempotencyKey(key): IdempotencyKey,
     Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let started = std::time::Instant::now();
+    let answer = claim_answer(&s, user, key, id).await;
+    s.http_metrics.claim(claim_label(&answer), started.elapsed());
+    answer
+}
+
+/// The outcome label of a claim's answer, for the metrics.
+fn claim_label(answer: &Result<Response, ApiError>) -> ClaimLabel {
+    match answer {
+        Ok(r) if r.status() == StatusCode::CREATED => ClaimLabel::Granted,
+        Ok(_) => ClaimLabel::Replayed,
+        Err(ApiError::AlreadyClaimed { .. }) => ClaimLabel::AlreadyClaimed,
+        Err(ApiError::LimitReached { .. }) => ClaimLabel::LimitReached,
+        Err(ApiError::NotStarted { .. }) => ClaimLabel::NotStarted,
+        Err(ApiError::Ended) => ClaimLabel::Ended,
+        Err(ApiError::SoldOut) => ClaimLabel::SoldOut,
+        Err(ApiError::CampaignNotFound) => ClaimLabel::NotFound,
+        Err(ApiError::RateLimited { .. }) => ClaimLabel::RateLimited,
+        Err(ApiError::Unavailable { .. }) => ClaimLabel::Unavailable,
+        Err(_) => ClaimLabel::Error,
+    }
+}
+
+async fn claim_answer(
+    s: &AppState,
+    user: crate::domain::UserId,
+    key: Option<String>,
+    id: String,
 ) -> Result<Response, ApiError> {
     let id = CampaignId::parse(&id).ok_or(ApiError::CampaignNotFound)?;
     let result = s.claims.claim(&id, &user, key.as_deref(), Utc::now()).await?;

@@ -28,6 +28,11 @@ pub enum ApiError {
     LimitReached { coupon_ids: Vec<String> },
     SoldOut,
     Ended,
+    AlreadyRedeemed { order_id: String },
+    NotYetValid { valid_from: DateTime<Utc> },
+    Expired,
+    NotApplicable { reason: &'static str },
+    NotRedeemedByOrder,
     RateLimited { retry_after_secs: u64 },
     Unavailable { retry_after_secs: u64 },
     Internal,
@@ -78,6 +83,26 @@ impl ApiError {
             }
             ApiError::SoldOut => (StatusCode::GONE, "sold_out", "the campaign is sold out".into()),
             ApiError::Ended => (StatusCode::GONE, "ended", "the campaign has ended".into()),
+            ApiError::AlreadyRedeemed { order_id } => {
+                d.insert("order_id".into(), json!(order_id));
+                (StatusCode::CONFLICT, "already_redeemed", "the coupon is redeemed on another order".into())
+            }
+            ApiError::NotYetValid { valid_from } => {
+                d.insert("valid_from".into(), json!(rfc3339(*valid_from)));
+                (StatusCode::CONFLICT, "not_yet_valid", "the coupon is not valid yet".into())
+            }
+            ApiError::Expired => (StatusCode::GONE, "expired", "the coupon has expired".into()),
+            ApiError::NotApplicable { reason } => {
+                d.insert("reason".into(), json!(reason));
+                let message = match *reason {
+                    "min_spend" => "the order does not reach the coupon's minimum spend",
+                    _ => "no item of the order is eligible for the coupon",
+                };
+                (StatusCode::UNPROCESSABLE_ENTITY, "not_applicable", message.into())
+            }
+            ApiError::NotRedeemedByOrder => {
+                (StatusCode::CONFLICT, "not_redeemed_by_order", "the coupon is redeemed on another order".into())
+            }
             ApiError::RateLimited { .. } => {
                 (StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many requests, retry later".into())
             }
@@ -92,6 +117,15 @@ impl ApiError {
 
 impl From<ServiceError> for ApiError {
     fn from(e: ServiceError) -> Self {
+        // Refusals of the protection layer are expected under load: no
+        // warning per request (they are counted in /metrics).
+        match e {
+            ServiceError::RateLimited(r) => return ApiError::RateLimited { retry_after_secs: r.retry_after_secs() },
+            ServiceError::Shed(_) | ServiceError::Stock(crate::stock::StockError::BreakerOpen) => {
+                return ApiError::Unavailable { retry_after_secs: 1 };
+            }
+            _ => {}
+        }
         if e.is_unavailable() {
             tracing::warn!(error = %e, "backend unavailable");
             ApiError::Unavailable { retry_after_secs: 1 }

@@ -105,10 +105,18 @@ impl FromRequestParts<AppState> for User {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let token = bearer(parts).ok_or(ApiError::Unauthorized)?;
         let now = chrono::Utc::now().timestamp();
-        state.jwt.verify(token, now).map(User).map_err(|e| {
+        let user = state.jwt.verify(token, now).map_err(|e| {
             tracing::debug!(reason = %e, "user token refused");
             ApiError::Unauthorized
-        })
+        })?;
+        // Per-user limit: only once the token is known good, so nobody can
+        // spend another user's allowance.
+        state
+            .protection
+            .limits
+            .check_user(&user)
+            .map_err(|r| ApiError::RateLimited { retry_after_secs: r.retry_after_secs() })?;
+        Ok(User(user))
     }
 }
 

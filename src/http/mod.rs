@@ -1,13 +1,21 @@
-//! The HTTP front end (axum on hyper). Layer order, outermost first: the
-//! 64 KiB body limit (413 before anything is read), then routing; auth is
-//! done by extractors so each route states what it needs. Handlers extract,
-//! call a service and map the outcome; no store is touched from here.
+//! The HTTP front end (axum on hyper). Layer order, outermost first:
+//! metrics (every response counted by route and status), then `/v1`
+//! protection (per-address rate limit, admission bound for all but claim:
+//! see `protect`), then the 64 KiB body limit (413 before anything is
+//! read), then routing; auth and the per-user rate limit are done by
+//! extractors so each route states what it needs. Handlers extract, call a
+//! service and map the outcome; no store is touched from here.
 
 mod campaigns;
 mod claims;
+mod coupons;
 mod error;
 mod extract;
+pub mod metrics;
+pub mod openapi;
 mod ops;
+pub mod protect;
+mod reports;
 
 use std::sync::Arc;
 
@@ -25,7 +33,7 @@ pub use extract::parse_json;
 use crate::auth::JwtKeys;
 use crate::db::Db;
 use crate::health::AmqpProbe;
-use crate::service::{CampaignService, ClaimService};
+use crate::service::{CampaignService, ClaimService, CouponService, ReportService};
 use crate::stock::StockStore;
 
 /// Request bodies above this are refused with 413.
@@ -38,6 +46,8 @@ pub struct AppState(Arc<AppInner>);
 pub struct AppInner {
     pub campaigns: CampaignService,
     pub claims: ClaimService,
+    pub coupons: CouponService,
+    pub reports: ReportService,
     pub admin_token: String,
     pub jwt: JwtKeys,
     pub stock: StockStore,
@@ -45,6 +55,13 @@ pub struct AppInner {
     pub amqp: AmqpProbe,
     /// Counters of the outbox relay and persist worker of this process.
     pub metrics: std::sync::Arc<crate::metrics::PipelineMetrics>,
+    /// Rate limits and the admission bound (shared with the claim service).
+    pub protection: Arc<crate::protect::Protection>,
+    /// Header naming the client address, set by a trusted proxy
+    /// (`FLASHGRAB_TRUSTED_PROXY_HEADER`); `None`: the peer address.
+    pub trusted_proxy_header: Option<String>,
+    /// Responses by route and status, claim outcomes and latency.
+    pub http_metrics: metrics::HttpMetrics,
 }
 
 impl std::ops::Deref for AppState {
@@ -65,32 +82,47 @@ pub fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-/// Refuses a declared body over the limit before routing, so that even
-/// routes that take no body answer 413 (and nothing reads a huge upload).
+/// Refuses a body over the limit before routing, so that even routes that
+/// take no body answer 413. A declared length is checked as is; a body of
+/// unknown length (chunked) is read up to the limit and handed on from
+/// memory (at most 64 KiB, so nothing reads a huge upload).
 async fn refuse_large_bodies(req: Request, next: Next) -> Response {
-    let too_big = req
-        .headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        .is_some_and(|n| n > BODY_LIMIT as u64);
-    if too_big { ApiError::PayloadTooLarge.into_response() } else { next.run(req).await }
+    let declared = req.headers().get(CONTENT_LENGTH).map(|v| v.to_str().ok().and_then(|v| v.parse::<u64>().ok()));
+    match declared {
+        Some(Some(n)) if n > BODY_LIMIT as u64 => ApiError::PayloadTooLarge.into_response(),
+        Some(_) => next.run(req).await,
+        None if req.headers().contains_key(axum::http::header::TRANSFER_ENCODING) => {
+            let (parts, body) = req.into_parts();
+            match axum::body::to_bytes(body, BODY_LIMIT).await {
+                Ok(bytes) => next.run(Request::from_parts(parts, axum::body::Body::from(bytes))).await,
+                Err(_) => ApiError::PayloadTooLarge.into_response(),
+            }
+        }
+        None => next.run(req).await,
+    }
 }
 
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
+        .route("/openapi.json", get(openapi::openapi_json))
+        .route("/metrics", get(metrics::metrics))
         .route("/v1/campaigns", post(campaigns::create).get(campaigns::list))
         .route("/v1/campaigns/{id}", get(campaigns::get_one))
         .route("/v1/campaigns/{id}/close", post(campaigns::close))
         .route("/v1/campaigns/{id}/stats", get(campaigns::stats))
+        .route("/v1/campaigns/{id}/report", get(reports::report))
         .route("/v1/campaigns/{id}/claim", post(claims::claim))
         .route("/v1/me/coupons", get(claims::my_coupons))
         .route("/v1/me/coupons/{coupon_id}", get(claims::my_coupon))
+        .route("/v1/coupons/{coupon_id}/redeem", post(coupons::redeem))
+        .route("/v1/coupons/{coupon_id}/release", post(coupons::release))
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(middleware::from_fn(refuse_large_bodies))
+        .layer(middleware::from_fn_with_state(state.clone(), protect::guard))
+        .layer(middleware::from_fn_with_state(state.clone(), metrics::record))
         .with_state(state)
 }

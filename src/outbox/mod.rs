@@ -20,8 +20,23 @@
 //! id). Blocking reads are avoided on purpose: the cluster connection is
 //! multiplexed and a `BLOCK` would stall the claims sharing it.
 
+pub mod events;
 pub mod relay;
 pub mod topology;
+
+/// Default bound of one RabbitMQ call (`FLASHGRAB_AMQP_TIMEOUT_MS`).
+pub const DEFAULT_AMQP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Bounds one RabbitMQ call (connect, channel, declare, publish, ack): a
+/// broker that accepts the TCP connection and then hangs must not stall the
+/// relay or the worker forever; the timeout becomes an error and the
+/// session reconnects with backoff.
+pub async fn amqp_call<T>(
+    timeout: std::time::Duration,
+    call: impl Future<Output = Result<T, lapin::Error>>,
+) -> Result<T, QueueError> {
+    tokio::time::timeout(timeout, call).await.map_err(|_| QueueError::Timeout(timeout))?.map_err(QueueError::Amqp)
+}
 
 /// Errors of the AMQP side, with their source.
 #[derive(Debug, thiserror::Error)]

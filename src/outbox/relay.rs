@@ -12,7 +12,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use tokio_util::sync::CancellationToken;
 
-use super::QueueError;
+use super::{QueueError, amqp_call};
 use super::topology::{CLAIM_ROUTING_KEY, Topology};
 use crate::domain::CouponRecord;
 use crate::metrics::{Backoff, PipelineMetrics, pause_after_failure};
@@ -92,6 +92,8 @@ pub struct Relay {
     redis_timeout: Duration,
     /// Entries pending with another consumer for this long are taken over.
     reclaim_idle: Duration,
+    /// Bound of every RabbitMQ call.
+    amqp_timeout: Duration,
 }
 
 impl Relay {
@@ -113,7 +115,14 @@ impl Relay {
             ack: redis::Script::new(include_str!("../../lua/ack.lua")),
             redis_timeout,
             reclaim_idle,
+            amqp_timeout: crate::outbox::DEFAULT_AMQP_TIMEOUT,
         }
+    }
+
+    /// The same relay with another bound on RabbitMQ calls.
+    pub fn with_amqp_timeout(mut self, timeout: Duration) -> Self {
+        self.amqp_timeout = timeout;
+        self
     }
 
     /// Runs until `shutdown`; reconnects with backoff on any failure. On
@@ -165,10 +174,11 @@ impl Relay {
     }
 
     async fn session(&self, shutdown: &CancellationToken, backoff: &mut Backoff) -> Result<(), RelayError> {
-        let conn = Connection::connect(&self.amqp_url, ConnectionProperties::default()).await?;
-        let ch = conn.create_channel().await?;
-        ch.confirm_select(ConfirmSelectOptions::default()).await?;
-        self.topology.declare(&ch).await?;
+        let t = self.amqp_timeout;
+        let conn = amqp_call(t, Connection::connect(&self.amqp_url, ConnectionProperties::default())).await?;
+        let ch = amqp_call(t, conn.create_channel()).await?;
+        amqp_call(t, ch.confirm_select(ConfirmSelectOptions::default())).await?;
+        amqp_call(t, self.topology.declare(&ch)).await?;
         let mut redis = self.stock.connection();
         self.ensure_groups(&mut redis).await?;
         tracing::info!(consumer = %self.consumer, "outbox relay connected");
@@ -295,24 +305,28 @@ impl Relay {
             .with_message_id(first_id.as_str().into())
             .with_headers(headers);
         let mandatory = BasicPublishOptions { mandatory: true, ..Default::default() };
-        let claims = ch
-            .basic_publish(
+        let claims = amqp_call(
+            self.amqp_timeout,
+            ch.basic_publish(
                 self.topology.claims_exchange.as_str().into(),
                 CLAIM_ROUTING_KEY.into(),
                 mandatory,
                 &body,
                 props.clone(),
-            )
-            .await?;
-        let events = ch
-            .basic_publish(
+            ),
+        )
+        .await?;
+        let events = amqp_call(
+            self.amqp_timeout,
+            ch.basic_publish(
                 self.topology.events_exchange.as_str().into(),
                 "claim".into(),
                 BasicPublishOptions::default(),
                 &body,
                 props,
-            )
-            .await?;
+            ),
+        )
+        .await?;
         for (what, confirm) in [("claims", claims), ("events", events)] {
             let c = tokio::time::timeout(CONFIRM_TIMEOUT, confirm)
                 .await

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::db::Db;
 use crate::domain::{CampaignId, CouponId, CouponRecord, UserId};
 use crate::metrics::{Backoff, PipelineMetrics, pause_after_failure};
-use crate::outbox::QueueError;
+use crate::outbox::{QueueError, amqp_call};
 use crate::outbox::topology::Topology;
 
 /// Messages the broker may hand us before we ack: each carries up to 2000
@@ -30,6 +30,10 @@ pub const BATCH_WINDOW: Duration = Duration::from_millis(20);
 /// Batches written concurrently (each in its own transaction): the next
 /// batch is gathered and written while the previous one commits.
 pub const WRITERS: usize = 2;
+/// On shutdown the worker keeps consuming until the broker has handed it
+/// nothing for this long (the relay has stopped by then in `serve`), so what
+/// was published before the shutdown is committed and acked, not requeued.
+pub const DRAIN_IDLE: Duration = Duration::from_millis(500);
 
 #[derive(Debug, thiserror::Error)]
 pub enum PersistError {
@@ -94,14 +98,24 @@ pub struct PersistWorker {
     amqp_url: String,
     topology: Topology,
     metrics: Arc<PipelineMetrics>,
+    /// Bound of every RabbitMQ call.
+    amqp_timeout: Duration,
 }
 
 impl PersistWorker {
     pub fn new(db: Db, amqp_url: String, prefix: &str, metrics: Arc<PipelineMetrics>) -> Self {
-        Self { db, amqp_url, topology: Topology::new(prefix), metrics }
+        Self { db, amqp_url, topology: Topology::new(prefix), metrics, amqp_timeout: crate::outbox::DEFAULT_AMQP_TIMEOUT }
     }
 
-    /// Runs until `shutdown`, reconnecting with backoff.
+    /// The same worker with another bound on RabbitMQ calls.
+    pub fn with_amqp_timeout(mut self, timeout: Duration) -> Self {
+        self.amqp_timeout = timeout;
+        self
+    }
+
+    /// Runs until `shutdown`, reconnecting with backoff. On shutdown it first
+    /// drains: takes what the broker still delivers until it has been idle
+    /// for [`DRAIN_IDLE`], writes it and acks it (the caller bounds the time).
     pub async fn run(self, shutdown: CancellationToken) {
         let mut backoff = Backoff::default();
         while !shutdown.is_cancelled() {
@@ -118,19 +132,22 @@ impl PersistWorker {
     }
 
     async fn session(&self, shutdown: &CancellationToken, backoff: &mut Backoff) -> Result<(), PersistError> {
-        let conn = Connection::connect(&self.amqp_url, ConnectionProperties::default()).await?;
-        let ch = conn.create_channel().await?;
-        ch.confirm_select(ConfirmSelectOptions::default()).await?;
-        self.topology.declare(&ch).await?;
-        ch.basic_qos(PREFETCH, BasicQosOptions::default()).await?;
-        let mut consumer = ch
-            .basic_consume(
+        let t = self.amqp_timeout;
+        let conn = amqp_call(t, Connection::connect(&self.amqp_url, ConnectionProperties::default())).await?;
+        let ch = amqp_call(t, conn.create_channel()).await?;
+        amqp_call(t, ch.confirm_select(ConfirmSelectOptions::default())).await?;
+        amqp_call(t, self.topology.declare(&ch)).await?;
+        amqp_call(t, ch.basic_qos(PREFETCH, BasicQosOptions::default())).await?;
+        let mut consumer = amqp_call(
+            t,
+            ch.basic_consume(
                 self.topology.claims_queue.as_str().into(),
                 format!("persist-{}", ulid::Ulid::new()).as_str().into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
-            )
-            .await?;
+            ),
+        )
+        .await?;
         tracing::info!(queue = %self.topology.claims_queue, "persist worker consuming");
         backoff.reset();
         // Batches being written: while one is in the database the next one
@@ -138,9 +155,13 @@ impl PersistWorker {
         let mut writing: std::collections::VecDeque<tokio::task::JoinHandle<Result<bool, PersistError>>> =
             std::collections::VecDeque::new();
         loop {
-            let first = tokio::select! {
-                () = shutdown.cancelled() => None,
-                d = consumer.next() => Some(d),
+            let first = if shutdown.is_cancelled() {
+                tokio::time::timeout(DRAIN_IDLE, consumer.next()).await.ok()
+            } else {
+                tokio::select! {
+                    () = shutdown.cancelled() => tokio::time::timeout(DRAIN_IDLE, consumer.next()).await.ok(),
+                    d = consumer.next() => Some(d),
+                }
             };
             let Some(first) = first else {
                 for w in writing {
@@ -165,6 +186,7 @@ impl PersistWorker {
                 records,
                 good,
                 shutdown.clone(),
+                self.amqp_timeout,
             )));
         }
     }
@@ -219,21 +241,24 @@ impl PersistWorker {
             AMQPValue::LongString(LongString::from(self.topology.claims_queue.as_str())),
         );
         let props = BasicProperties::default().with_delivery_mode(2).with_headers(headers);
-        let confirm = ch
-            .basic_publish(
+        let t = self.amqp_timeout;
+        let publish = amqp_call(
+            t,
+            ch.basic_publish(
                 self.topology.dead_letter_exchange.as_str().into(),
                 "".into(),
                 BasicPublishOptions::default(),
                 &d.data,
                 props,
-            )
-            .await?
-            .await?;
+            ),
+        )
+        .await?;
+        let confirm = amqp_call(t, publish).await?;
         if !confirm.is_ack() {
             return Err(QueueError::Nacked("dead-letter publish".into()).into());
         }
         PipelineMetrics::add(&self.metrics.dead_lettered, 1);
-        d.ack(BasicAckOptions::default()).await?;
+        amqp_call(t, d.ack(BasicAckOptions::default())).await?;
         Ok(())
     }
 }
@@ -247,6 +272,7 @@ async fn write_and_ack(
     records: Vec<CouponRecord>,
     good: Vec<Delivery>,
     shutdown: CancellationToken,
+    amqp_timeout: Duration,
 ) -> Result<bool, PersistError> {
     let mut backoff = Backoff::default();
     loop {
@@ -268,7 +294,7 @@ async fn write_and_ack(
     PipelineMetrics::set(&metrics.persist_lag_ms, lag);
     PipelineMetrics::add(&metrics.persisted, records.len() as u64);
     for d in good {
-        d.ack(BasicAckOptions::default()).await?;
+        amqp_call(amqp_timeout, d.ack(BasicAckOptions::default())).await?;
     }
     Ok(true)
 }

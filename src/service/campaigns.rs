@@ -38,6 +38,9 @@ pub struct CampaignStats {
     pub remaining: u64,
     pub claimed: u64,
     pub persisted: u64,
+    /// Coupons currently redeemed, and the discount they gave (MySQL).
+    pub redeemed: u64,
+    pub discount_total_cents: i64,
     pub shards: Vec<ShardStats>,
 }
 
@@ -77,6 +80,16 @@ impl CampaignCache {
 
     fn forget(&self, id: &CampaignId) {
         self.entries.write().unwrap_or_else(|e| e.into_inner()).remove(id);
+    }
+
+    /// Replaces a cached copy by one that says closed (kept fresh for a TTL,
+    /// so claims are answered `ended` from memory, MySQL up or not).
+    fn mark_closed(&self, id: &CampaignId, at: DateTime<Utc>) {
+        if let Some(c) = self.get_stale(id).filter(|c| c.closed_at.is_none()) {
+            let mut closed = (*c).clone();
+            closed.closed_at = Some(at);
+            self.put(Arc::new(closed));
+        }
     }
 }
 
@@ -165,6 +178,18 @@ impl CampaignService {
         futures_util::future::try_join_all(views).await
     }
 
+    /// The cached terms of a campaign, however old, without any I/O: for
+    /// the fast paths, which only need what never changes after creation
+    /// (the window) or changes one way only (`closed_at`).
+    pub fn cached(&self, id: &CampaignId) -> Option<Arc<Campaign>> {
+        self.cache.get_stale(id)
+    }
+
+    /// Applies a `closed` notice from another instance (or this one).
+    pub fn apply_closed(&self, id: &CampaignId, at: DateTime<Utc>) {
+        self.cache.mark_closed(id, at);
+    }
+
     /// Terms of the newest campaigns, without touching Redis.
     pub async fn list_terms(&self) -> Result<Vec<Arc<Campaign>>> {
         Ok(self.db.list_campaigns(LIST_LIMIT).await?.into_iter().map(Arc::new).collect())
@@ -179,6 +204,12 @@ impl CampaignService {
         self.stock.close_campaign(&c).await?;
         self.cache.forget(id);
         tracing::info!(campaign = %id, "campaign closed");
+        // The other instances drop their copy too; one that misses the
+        // notice still answers `ended` from the script, and refreshes its
+        // copy within the cache TTL.
+        if let Err(e) = self.stock.publish(&crate::stock::broadcast::Notice::Closed(id.clone())).await {
+            tracing::warn!(error = %e, campaign = %id, "could not broadcast the close");
+        }
         self.get(id, now).await
     }
 
@@ -187,8 +218,13 @@ impl CampaignService {
             return Ok(None);
         };
         let c = Arc::new(c);
-        let (shards, persisted) = tokio::join!(self.stock.shard_stats(&c), self.db.count_persisted(id));
+        let (shards, persisted, redemptions) = tokio::join!(
+            self.stock.shard_stats(&c),
+            self.db.count_persisted(id),
+            self.db.redemption_totals(id.as_str())
+        );
         let shards = shards?;
+        let (redeemed, discount_total_cents) = redemptions?;
         let remaining = shards.iter().map(|s| s.remaining).sum();
         let claimed = shards.iter().map(|s| s.claimed).sum();
         let status = c.status_at(now, remaining == 0);
@@ -197,6 +233,8 @@ impl CampaignService {
             remaining,
             claimed,
             persisted: persisted?,
+            redeemed,
+            discount_total_cents,
             shards,
         }))
     }

@@ -9,10 +9,13 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
-use super::{CampaignService, Result};
+use super::{CampaignService, Result, ServiceError};
 use crate::db::Db;
+use crate::db::coupons::{CouponRow, Redemption};
 use crate::domain::campaign::{AppliesTo, Discount};
 use crate::domain::{Campaign, CampaignId, CouponId, CouponRecord, UserId};
+use crate::protect::Protection;
+use crate::stock::broadcast::Notice;
 use crate::stock::{ClaimOutcome, StockStore};
 
 /// A coupon as the app sees it.
@@ -28,9 +31,11 @@ pub struct CouponView {
     pub discount: Discount,
     pub min_spend_cents: i64,
     pub applies_to: AppliesTo,
+    /// The order it is redeemed on, if it is.
+    pub redemption: Option<Redemption>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum CouponStatus {
     Claimed,
@@ -39,19 +44,32 @@ pub enum CouponStatus {
 }
 
 impl CouponView {
-    pub fn new(record: &CouponRecord, campaign: &Campaign, now: DateTime<Utc>) -> Self {
+    /// A coupon from its claim record and its redemption state (the
+    /// database's; none for a claim not yet persisted). Redeemed wins over
+    /// expired: a coupon redeemed in time stays redeemed.
+    pub fn new(
+        record: &CouponRecord,
+        campaign: &Campaign,
+        redemption: Option<Redemption>,
+        now: DateTime<Utc>,
+    ) -> Self {
         let valid_until = record.valid_until();
         Self {
             id: record.id.clone(),
             campaign_id: record.campaign_id.clone(),
             user_id: record.user_id.clone(),
-            status: if now >= valid_until { CouponStatus::Expired } else { CouponStatus::Claimed },
+            status: match (&redemption, now >= valid_until) {
+                (Some(_), _) => CouponStatus::Redeemed,
+                (None, true) => CouponStatus::Expired,
+                (None, false) => CouponStatus::Claimed,
+            },
             claimed_at: record.claimed_at(),
             valid_from: record.valid_from(),
             valid_until,
             discount: campaign.coupon.discount.clone(),
             min_spend_cents: campaign.coupon.min_spend_cents,
             applies_to: campaign.coupon.applies_to.clone(),
+            redemption,
         }
     }
 }
@@ -89,7 +107,11 @@ pub struct ClaimService {
     /// restocking, transfers conserve units), so later claims are answered
     /// from memory: after a sell-out most of a drop's traffic is 410s, and
     /// each would otherwise cost a script and two scans of every shard.
+    /// Also filled by the `sold_out` notices of other instances.
     sold_out: Arc<std::sync::RwLock<std::collections::HashSet<CampaignId>>>,
+    /// Claim rate and admission bound, applied behind the fast paths: a
+    /// claim answered from memory costs the backends nothing.
+    protection: Arc<Protection>,
 }
 
 /// Bound of the sold-out set (cleared when full; it only saves work).
@@ -97,7 +119,27 @@ const SOLD_OUT_CAPACITY: usize = 10_000;
 
 impl ClaimService {
     pub fn new(campaigns: CampaignService, stock: StockStore, db: Db) -> Self {
-        Self { campaigns, stock, db, sold_out: Arc::default() }
+        Self { campaigns, stock, db, sold_out: Arc::default(), protection: Arc::new(Protection::unlimited()) }
+    }
+
+    /// The same service behind the instance's limits.
+    pub fn with_protection(mut self, protection: Arc<Protection>) -> Self {
+        self.protection = protection;
+        self
+    }
+
+    fn is_sold_out(&self, id: &CampaignId) -> bool {
+        self.sold_out.read().unwrap_or_else(|e| e.into_inner()).contains(id)
+    }
+
+    /// Remembers that `id` sold out (this instance saw it, or another one
+    /// said so: see `stock::broadcast`).
+    pub fn mark_sold_out(&self, id: &CampaignId) {
+        let mut set = self.sold_out.write().unwrap_or_else(|e| e.into_inner());
+        if set.len() >= SOLD_OUT_CAPACITY {
+            set.clear();
+        }
+        set.insert(id.clone());
     }
 
     pub async fn claim(
@@ -109,17 +151,29 @@ impl ClaimService {
     ) -> Result<ClaimResult> {
         // A retry with an Idempotency-Key must still find its coupon, so only
         // key-less claims take the shortcut.
-        if idempotency_key.is_none() && self.sold_out.read().unwrap_or_else(|e| e.into_inner()).contains(campaign_id) {
+        if idempotency_key.is_none() && self.is_sold_out(campaign_id) {
             return Ok(ClaimResult::SoldOut);
         }
+        // Before the start, after the end, once closed: from the cached
+        // terms, with or without a key (the script checks the window before
+        // the key too).
+        if let Some(answer) = self.campaigns.cached(campaign_id).and_then(|c| window_answer(&c, now)) {
+            return Ok(answer);
+        }
+        // Only now does the claim need the backends.
+        self.protection.limits.check_claim().map_err(ServiceError::RateLimited)?;
+        let _permit = self.protection.admission.enter()?;
         let Some(campaign) = self.campaigns.find(campaign_id).await? else {
             return Ok(ClaimResult::CampaignNotFound);
         };
+        if let Some(answer) = window_answer(&campaign, now) {
+            return Ok(answer);
+        }
         let coupon = CouponId::generate();
         let outcome = self.stock.claim(&campaign, user, &coupon, idempotency_key).await?;
         Ok(match outcome {
-            ClaimOutcome::Granted(r) => ClaimResult::Granted(CouponView::new(&r, &campaign, now)),
-            ClaimOutcome::Replayed(r) => ClaimResult::Replayed(CouponView::new(&r, &campaign, now)),
+            ClaimOutcome::Granted(r) => ClaimResult::Granted(CouponView::new(&r, &campaign, None, now)),
+            ClaimOutcome::Replayed(r) => ClaimResult::Replayed(CouponView::new(&r, &campaign, None, now)),
             ClaimOutcome::Holding(ids) if campaign.per_user_limit == 1 => {
                 ClaimResult::AlreadyClaimed { coupon_id: ids.into_iter().next().unwrap_or_default() }
             }
@@ -129,11 +183,14 @@ impl ClaimService {
             }
             ClaimOutcome::Ended => ClaimResult::Ended,
             ClaimOutcome::SoldOut => {
-                let mut set = self.sold_out.write().unwrap_or_else(|e| e.into_inner());
-                if set.len() >= SOLD_OUT_CAPACITY {
-                    set.clear();
+                if !self.is_sold_out(campaign_id) {
+                    self.mark_sold_out(campaign_id);
+                    // Every instance answers from memory from now on; one
+                    // that misses the notice finds out on its next claim.
+                    if let Err(e) = self.stock.publish(&Notice::SoldOut(campaign_id.clone())).await {
+                        tracing::warn!(error = %e, campaign = %campaign_id, "could not broadcast the sell-out");
+                    }
                 }
-                set.insert(campaign_id.clone());
                 ClaimResult::SoldOut
             }
             ClaimOutcome::Contended => ClaimResult::Busy,
@@ -145,8 +202,9 @@ impl ClaimService {
     }
 
     /// The user's coupons: the claim records in Redis (a claim shows the
-    /// moment it was granted) merged with the rows in MySQL (by coupon id).
-    /// Scans the newest campaigns; optional filters.
+    /// moment it was granted) merged with the rows in MySQL (by coupon id),
+    /// whose redemption state wins. Scans the newest campaigns; optional
+    /// filters.
     pub async fn my_coupons(
         &self,
         user: &UserId,
@@ -163,24 +221,37 @@ impl ClaimService {
             futures_util::future::try_join_all(reads),
             self.db.user_coupons(user.as_str(), campaign.map(CampaignId::as_str))
         );
-        let mut seen = std::collections::HashSet::new();
+        let mut rows: std::collections::HashMap<String, CouponRow> =
+            rows?.into_iter().map(|r| (r.id.clone(), r)).collect();
         let mut out: Vec<CouponView> = Vec::new();
         for (c, records) in campaigns.iter().zip(per_campaign?) {
             for r in records {
-                seen.insert(r.id.clone());
-                out.push(CouponView::new(&r, c, now));
+                let redemption = rows.remove(&r.id).and_then(|row| row.redemption);
+                out.push(CouponView::new(&r, c, redemption, now));
             }
         }
-        for row in rows? {
-            if seen.contains(&row.id) {
-                continue;
-            }
+        for row in rows.into_values() {
             let Some(c) = campaigns.iter().find(|c| c.id.as_str() == row.campaign_id) else { continue };
-            out.push(CouponView::new(&row.to_record(), c, now));
+            out.push(CouponView::new(&row.to_record(), c, row.redemption.clone(), now));
         }
         out.retain(|v| status.is_none_or(|s| v.status == s));
         out.sort_by(|a, b| b.claimed_at.cmp(&a.claimed_at).then_with(|| b.id.cmp(&a.id)));
         Ok(out)
+    }
+
+    /// The claim record of one of the user's coupons as Redis holds it (a
+    /// claim the pipeline may not have persisted yet), with its campaign.
+    pub async fn find_record(
+        &self,
+        user: &UserId,
+        coupon_id: &CouponId,
+    ) -> Result<Option<(CouponRecord, Arc<Campaign>)>> {
+        let campaigns = self.campaigns.list_terms().await?;
+        let reads = campaigns.iter().map(|c| self.stock.user_coupons(c, user));
+        let per_campaign = futures_util::future::try_join_all(reads).await?;
+        Ok(campaigns.into_iter().zip(per_campaign).find_map(|(c, records)| {
+            records.into_iter().find(|r| r.id == coupon_id.as_str()).map(|r| (r, c))
+        }))
     }
 
     pub async fn my_coupon(
@@ -190,5 +261,21 @@ impl ClaimService {
         now: DateTime<Utc>,
     ) -> Result<Option<CouponView>> {
         Ok(self.my_coupons(user, None, None, now).await?.into_iter().find(|c| c.id == coupon_id.as_str()))
+    }
+}
+
+/// The answer the campaign's window gives without Redis: not started yet,
+/// or ended (past `ends_at`, or closed). `None` while it is open.
+///
+/// Uses this instance's clock where the script uses Redis's: with NTP the
+/// two agree within milliseconds. An instance whose clock runs behind
+/// answers `not_started` for that long after the start; one whose clock
+/// runs ahead sends early claims to the script, which refuses them.
+pub fn window_answer(c: &Campaign, now: DateTime<Utc>) -> Option<ClaimResult> {
+    use crate::domain::CampaignStatus;
+    match c.status_at(now, false) {
+        CampaignStatus::Scheduled => Some(ClaimResult::NotStarted { starts_at: c.starts_at }),
+        CampaignStatus::Ended => Some(ClaimResult::Ended),
+        CampaignStatus::Live | CampaignStatus::SoldOut => None,
     }
 }

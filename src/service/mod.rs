@@ -4,9 +4,13 @@
 
 pub mod campaigns;
 pub mod claims;
+pub mod coupons;
+pub mod reports;
 
 pub use campaigns::{CampaignService, CampaignStats, CampaignView};
 pub use claims::{ClaimResult, ClaimService, CouponView};
+pub use coupons::{CouponService, RedeemResult, ReleaseResult};
+pub use reports::{CampaignReport, ReportService};
 
 use crate::db::DbError;
 use crate::stock::StockError;
@@ -17,6 +21,12 @@ pub enum ServiceError {
     Stock(#[from] StockError),
     #[error(transparent)]
     Db(#[from] DbError),
+    /// Too many requests were already waiting on the backends (503).
+    #[error(transparent)]
+    Shed(#[from] crate::protect::admission::Shed),
+    /// The claim rate of this instance is used up (429).
+    #[error("claim rate of this instance exceeded")]
+    RateLimited(crate::protect::RateLimited),
 }
 
 impl ServiceError {
@@ -25,8 +35,9 @@ impl ServiceError {
     pub fn is_unavailable(&self) -> bool {
         matches!(
             self,
-            ServiceError::Stock(StockError::Redis(_) | StockError::Timeout(_))
+            ServiceError::Stock(StockError::Redis(_) | StockError::Timeout(_) | StockError::BreakerOpen | StockError::NotReplicated { .. })
                 | ServiceError::Db(DbError::Sql(_) | DbError::Timeout(_))
+                | ServiceError::Shed(_)
         )
     }
 }

@@ -14,20 +14,36 @@
 //! [`StockError`] and the caller answers 503 (never 201 for a claim whose
 //! script did not return success). A node restarted or a replica promoted has
 //! no scripts: `Script::invoke_async` sees NOSCRIPT, loads and retries.
+//!
+//! Durability ([`Durability`]): in `fast` mode a grant is answered as soon as
+//! the script returned; replication to the replica is asynchronous, so a
+//! failover can lose the last grants. In `replicated` mode a grant (or a
+//! replay) is answered only after `WAIT 1 <ms>`, sent to the master of the
+//! shard's slot on the same multiplexed connection that ran the script: WAIT
+//! waits for the replication offset of that connection's last write, which is
+//! at least the script's. Fewer than one replica acknowledging is
+//! [`StockError::NotReplicated`] (503, "maybe granted": the grant and its
+//! outbox record are on the master and are persisted if the master survives).
 
+pub mod broadcast;
 pub mod keys;
 pub mod placement;
 pub mod rebalance;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::try_join_all;
 use redis::Value;
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{
+    MultipleNodeRoutingInfo, ResponsePolicy, Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr,
+};
 
 use crate::domain::campaign::home_shard;
 use crate::domain::{Campaign, CouponId, CouponRecord, UserId};
+use crate::protect::Breaker;
 pub use keys::{KeyLayout, ShardKeys};
 pub use placement::{PlacementError, SlotMap};
 
@@ -41,6 +57,29 @@ pub enum StockError {
     Protocol(String),
     #[error(transparent)]
     Placement(#[from] PlacementError),
+    /// The circuit breaker is open: Redis was unreachable moments ago, so
+    /// the call was not even tried (see `protect::breaker`).
+    #[error("redis unreachable (circuit breaker open)")]
+    BreakerOpen,
+    /// `replicated` mode: the grant happened on the master but no replica
+    /// acknowledged it within the wait. The claim may survive (it is in the
+    /// outbox) or be lost by a failover: the caller answers 503.
+    #[error("claim {coupon} was granted but {acked} replicas acknowledged it within {wait:?}")]
+    NotReplicated { coupon: String, acked: i64, wait: Duration },
+}
+
+/// When a claim is answered, relative to Redis replication
+/// (`FLASHGRAB_DURABILITY`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// Answer as soon as the claim script returned. A failover can lose the
+    /// grants of the last moments that had not reached the replica.
+    #[default]
+    Fast,
+    /// After a grant (or a replay), `WAIT 1 <wait>` on the same master: a
+    /// 201 is on at least one replica too, so it survives the failover of
+    /// its master (not the loss of master and replica together).
+    Replicated { wait: Duration },
 }
 
 pub type Result<T> = std::result::Result<T, StockError>;
@@ -103,6 +142,11 @@ pub struct StockStore {
     scripts: Scripts,
     /// Upper bound for any single Redis call.
     timeout: Duration,
+    /// Fails calls fast while the cluster is unreachable; shared by every
+    /// clone of the store.
+    breaker: Arc<Breaker>,
+    /// Whether a grant waits for a replica before it is answered.
+    durability: Durability,
 }
 
 #[derive(Clone)]
@@ -132,7 +176,34 @@ impl StockStore {
         let conn = tokio::time::timeout(timeout * 2, client.get_async_connection())
             .await
             .map_err(|_| StockError::Timeout(timeout * 2))??;
-        Ok(Self { conn, keys: KeyLayout::new(prefix), scripts: Scripts::new(), timeout })
+        Ok(Self {
+            conn,
+            keys: KeyLayout::new(prefix),
+            scripts: Scripts::new(),
+            timeout,
+            durability: Durability::Fast,
+            breaker: Arc::new(Breaker::new(5, Duration::from_secs(1))),
+        })
+    }
+
+    /// The same store behind `breaker` (shared with whoever else holds it).
+    pub fn with_breaker(mut self, breaker: Arc<Breaker>) -> Self {
+        self.breaker = breaker;
+        self
+    }
+
+    pub fn breaker(&self) -> &Breaker {
+        &self.breaker
+    }
+
+    /// The same store answering grants in `durability` mode.
+    pub fn with_durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+
+    pub fn durability(&self) -> Durability {
+        self.durability
     }
 
     pub fn keys(&self) -> &KeyLayout {
@@ -145,22 +216,72 @@ impl StockStore {
         self.conn.clone()
     }
 
+    /// Every call of the store goes through here: refused at once while the
+    /// breaker is open, bounded by the timeout, and its outcome reported to
+    /// the breaker.
     async fn bounded<T>(&self, fut: impl Future<Output = redis::RedisResult<T>>) -> Result<T> {
+        let ticket = self.breaker.admit().map_err(|_| StockError::BreakerOpen)?;
         match tokio::time::timeout(self.timeout, fut).await {
-            Ok(r) => Ok(r?),
-            Err(_) => Err(StockError::Timeout(self.timeout)),
+            Ok(Ok(v)) => {
+                ticket.success();
+                Ok(v)
+            }
+            Ok(Err(e)) => {
+                if is_outage(&e) {
+                    ticket.failure();
+                } else {
+                    ticket.answered();
+                }
+                Err(e.into())
+            }
+            Err(_) => {
+                ticket.failure();
+                Err(StockError::Timeout(self.timeout))
+            }
         }
     }
 
-    /// `cluster_state:ok` as seen by the node that answers.
+    /// `cluster_state:ok` as seen by the node that answers, and every master
+    /// of the slot map answering PING. The second check is what makes
+    /// `/readyz` say "down" between a master's death and its replica's
+    /// promotion: for the cluster-node-timeout the survivors still report
+    /// `cluster_state:ok` although that master's slots are unserved.
     pub async fn ping(&self) -> Result<()> {
         let mut c = self.conn.clone();
         let info: String = self.bounded(redis::cmd("CLUSTER").arg("INFO").query_async(&mut c)).await?;
-        if info.lines().any(|l| l.trim() == "cluster_state:ok") {
-            Ok(())
-        } else {
-            Err(StockError::Protocol("cluster_state is not ok".into()))
+        if !info.lines().any(|l| l.trim() == "cluster_state:ok") {
+            return Err(StockError::Protocol("cluster_state is not ok".into()));
         }
+        let all_masters =
+            RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, Some(ResponsePolicy::AllSucceeded)));
+        self.bounded(c.route_command(redis::cmd("PING"), all_masters)).await?;
+        Ok(())
+    }
+
+    /// In `replicated` mode, waits until one replica of the master owning
+    /// `key`'s slot acknowledged every write of this connection so far (the
+    /// grant of `coupon` included). WAIT must go to that one master on this
+    /// very connection: sent as a plain command the cluster client would
+    /// fan it out to every master, and on another connection it would count
+    /// that connection's writes, not the script's.
+    async fn confirm_replicated(&self, key: &str, coupon: &str) -> Result<()> {
+        let Durability::Replicated { wait } = self.durability else {
+            return Ok(());
+        };
+        let route =
+            RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::with_key(key, SlotAddr::Master)));
+        let mut cmd = redis::cmd("WAIT");
+        cmd.arg(1).arg(wait.as_millis() as u64);
+        let mut conn = self.conn.clone();
+        let acked = match self.bounded(conn.route_command(cmd, route)).await? {
+            Value::Int(n) => n,
+            other => return Err(StockError::Protocol(format!("WAIT: {other:?}"))),
+        };
+        if acked < 1 {
+            tracing::warn!(%coupon, acked, ?wait, "no replica acknowledged a grant in time: answering 503 (maybe granted)");
+            return Err(StockError::NotReplicated { coupon: coupon.to_owned(), acked, wait });
+        }
+        Ok(())
     }
 
     /// The live slot map.
@@ -259,8 +380,14 @@ impl StockStore {
         let home = home_shard(user.as_str(), c.shards());
         for _ in 0..MAX_ROUNDS {
             match self.claim_on_shard(c, home, user, coupon, idempotency_key).await? {
-                ShardClaim::Granted(r) => return Ok(ClaimOutcome::Granted(r)),
-                ShardClaim::Replayed(r) => return Ok(ClaimOutcome::Replayed(r)),
+                ShardClaim::Granted(r) => {
+                    self.confirm_replicated(&self.shard_keys(c, home).hash, &r.id).await?;
+                    return Ok(ClaimOutcome::Granted(r));
+                }
+                ShardClaim::Replayed(r) => {
+                    self.confirm_replicated(&self.shard_keys(c, home).hash, &r.id).await?;
+                    return Ok(ClaimOutcome::Replayed(r));
+                }
                 ShardClaim::Holding(ids) => return Ok(ClaimOutcome::Holding(ids)),
                 ShardClaim::NotStarted { starts_ms } => {
                     return Ok(ClaimOutcome::NotStarted { starts_ms });
@@ -313,6 +440,49 @@ impl StockStore {
 }
 
 impl StockStore {
+    /// The newest entry id of every non-empty outbox stream: what a shutting
+    /// down instance must see relayed before it stops its relay (everything
+    /// granted through it is at or before these ids).
+    pub async fn outbox_heads(&self) -> Result<Vec<(u16, String)>> {
+        let reads = (0..self.keys.buckets()).map(|b| async move {
+            let mut conn = self.conn.clone();
+            let last: redis::streams::StreamRangeReply = self
+                .bounded(
+                    redis::cmd("XREVRANGE")
+                        .arg(self.keys.outbox(b))
+                        .arg("+")
+                        .arg("-")
+                        .arg("COUNT")
+                        .arg(1)
+                        .query_async(&mut conn),
+                )
+                .await?;
+            Ok::<_, StockError>(last.ids.into_iter().next().map(|e| (b, e.id)))
+        });
+        Ok(try_join_all(reads).await?.into_iter().flatten().collect())
+    }
+
+    /// How many of `heads` still have an entry at or before their id in the
+    /// outbox (the relay deletes an entry once the broker confirmed it).
+    pub async fn outbox_unrelayed(&self, heads: &[(u16, String)]) -> Result<usize> {
+        let reads = heads.iter().map(|(b, id)| async move {
+            let mut conn = self.conn.clone();
+            let first: redis::streams::StreamRangeReply = self
+                .bounded(
+                    redis::cmd("XRANGE")
+                        .arg(self.keys.outbox(*b))
+                        .arg("-")
+                        .arg(id)
+                        .arg("COUNT")
+                        .arg(1)
+                        .query_async(&mut conn),
+                )
+                .await?;
+            Ok::<_, StockError>(usize::from(!first.ids.is_empty()))
+        });
+        Ok(try_join_all(reads).await?.into_iter().sum())
+    }
+
     /// Every claim record of a campaign (all shards), for reconcile. Scans
     /// with HSCAN so a big campaign does not block a node.
     pub async fn campaign_records(&self, c: &Campaign) -> Result<Vec<CouponRecord>> {
@@ -341,6 +511,26 @@ impl StockStore {
         }
         Ok(out)
     }
+}
+
+/// Errors that say the cluster (or a node of it) cannot be reached, as
+/// opposed to an answer we did not like: these feed the breaker.
+fn is_outage(e: &redis::RedisError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind};
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_timeout()
+        || matches!(
+            e.kind(),
+            ErrorKind::ClusterConnectionNotFound
+                | ErrorKind::Server(
+                    ServerErrorKind::ClusterDown
+                        | ServerErrorKind::TryAgain
+                        | ServerErrorKind::MasterDown
+                        | ServerErrorKind::BusyLoading
+                )
+        )
 }
 
 fn code_of(v: &Value) -> Option<i64> {

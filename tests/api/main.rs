@@ -7,3 +7,4 @@ mod campaigns;
 mod claims;
 mod ops;
 mod persistence;
+mod redeem;

@@ -148,9 +148,15 @@ fn free_port() -> u16 {
 
 /// Starts the real binary (`flashgrab <args>`) for a test's prefix and db.
 fn spawn_binary(args: &[&str], prefix: &str, db_name: &str, port: u16) -> Child {
+    spawn_binary_with(args, prefix, db_name, port, &[])
+}
+
+/// [`spawn_binary`] with extra environment variables.
+fn spawn_binary_with(args: &[&str], prefix: &str, db_name: &str, port: u16, env: &[(&str, &str)]) -> Child {
     let s = settings(prefix, db_name);
     Command::new(env!("CARGO_BIN_EXE_flashgrab"))
         .args(args)
+        .envs(env.iter().copied())
         .env("FLASHGRAB_LISTEN", format!("127.0.0.1:{port}"))
         .env("FLASHGRAB_REDIS_NODES", s.redis_nodes.join(","))
         .env("FLASHGRAB_AMQP_URL", &s.amqp_url)
@@ -394,4 +400,250 @@ async fn after_sell_out_claims_are_answered_from_memory() {
     let replay = app.claim_on(0, &id, "keeper", Some("k-1")).await;
     assert_eq!(replay.0, StatusCode::OK, "{}", replay.1);
     assert_eq!(replay.1["id"], first.1["id"]);
+}
+
+// ---------------------------------------------------------------------------
+// Redis failover and the `replicated` durability mode.
+// ---------------------------------------------------------------------------
+
+/// `CLUSTER NODES` from the first node that answers.
+async fn cluster_nodes() -> String {
+    for port in 7000..7006 {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
+        let Ok(mut conn) = client.get_multiplexed_async_connection().await else { continue };
+        if let Ok(nodes) = redis::cmd("CLUSTER").arg("NODES").query_async::<String>(&mut conn).await {
+            return nodes;
+        }
+    }
+    panic!("no Redis node answers CLUSTER NODES");
+}
+
+/// A master holding slots and the port of its healthy replica.
+fn master_and_replica(nodes: &str) -> (u16, u16) {
+    let rows: Vec<Vec<&str>> =
+        nodes.lines().map(|l| l.split_whitespace().collect::<Vec<&str>>()).filter(|f| f.len() >= 8).collect();
+    let port = |addr: &str| addr.split(['@']).next().unwrap().rsplit(':').next().unwrap().parse::<u16>().unwrap();
+    for m in rows.iter().filter(|f| f[2].contains("master") && !f[2].contains("fail") && f.len() > 8) {
+        if let Some(r) = rows.iter().find(|f| f[3] == m[0] && f[2].contains("slave") && !f[2].contains("fail")) {
+            return (port(m[1]), port(r[1]));
+        }
+    }
+    panic!("no master with a healthy replica in:\n{nodes}");
+}
+
+/// The process id of the Redis node on `port`.
+async fn redis_pid(port: u16) -> u32 {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let info: String = redis::cmd("INFO").arg("server").query_async(&mut conn).await.unwrap();
+    info.lines().find_map(|l| l.strip_prefix("process_id:")).unwrap().trim().parse().unwrap()
+}
+
+fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill").args([sig, &pid.to_string()]).status().map(|s| s.success()).unwrap_or(false);
+    assert!(ok, "kill {sig} {pid}");
+}
+
+/// Gives the stack back its shape even if the failover test fails half-way:
+/// thaws the frozen replica and starts the killed master again (it comes
+/// back as a replica; the test then fails over to it).
+struct FailoverGuard {
+    master: u16,
+    replica_pid: u32,
+}
+impl Drop for FailoverGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-CONT", &self.replica_pid.to_string()]).status();
+        let script = format!("{}/scripts/stack", env!("CARGO_MANIFEST_DIR"));
+        let _ = Command::new(&script).args(["start-node", &self.master.to_string()]).status();
+    }
+}
+
+async fn readyz(client: &reqwest::Client, base: &str) -> (StatusCode, serde_json::Value) {
+    match client.get(format!("{base}/readyz")).timeout(Duration::from_secs(10)).send().await {
+        Ok(r) => {
+            let status = r.status();
+            (status, r.json().await.unwrap_or_default())
+        }
+        Err(e) => panic!("/readyz did not answer: {e}"),
+    }
+}
+
+/// Polls `/readyz` (every 50 ms, at most `secs`) until `want` says yes.
+async fn readyz_until(
+    client: &reqwest::Client,
+    base: &str,
+    secs: u64,
+    what: &str,
+    want: impl Fn(StatusCode, &serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let (status, body) = readyz(client, base).await;
+        if want(status, &body) {
+            return body;
+        }
+        assert!(std::time::Instant::now() < deadline, "/readyz never {what}: last {status} {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn claim_at(app: &TestApp, base: &str, campaign: &str, user: &str) -> (StatusCode, serde_json::Value) {
+    let token = app.jwt.sign(user, chrono::Utc::now().timestamp() + 600);
+    let r = app
+        .client
+        .post(format!("{base}/v1/campaigns/{campaign}/claim"))
+        .bearer_auth(token)
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    (status, r.json().await.unwrap_or_default())
+}
+
+/// `replicated` mode through a crash of a master mid-burst. Its replica is
+/// frozen (SIGSTOP) for a moment first, so the master's last grants exist
+/// nowhere else when it dies: in `fast` mode those were answered 201 and
+/// vanish with the failover; in `replicated` mode their WAIT finds no
+/// replica and they are answered 503 ("maybe granted"), so every 201 is
+/// still in Redis afterwards, and persisted exactly once. Meanwhile
+/// `/readyz` says the cluster is down, then ok once the replica took over
+/// and the client refreshed its slot map (and reloaded the scripts).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicated_claims_survive_a_master_failover() {
+    let _guard = STACK.lock().await;
+    let (prefix, db_name) = fresh_names();
+    let app = spawn_named(1, &prefix, &db_name, false, false).await;
+    let campaign = big_campaign(&app).await;
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let env = [("FLASHGRAB_DURABILITY", "replicated"), ("FLASHGRAB_REPLICA_WAIT_MS", "50"), ("FLASHGRAB_IP_RATE", "0")];
+    let mut child = spawn_binary_with(&["serve"], &prefix, &db_name, port, &env);
+    wait_healthy(&app.client, &base).await;
+    readyz_until(&app.client, &base, 30, "became ready", |s, _| s == StatusCode::OK).await;
+
+    let (master, replica) = master_and_replica(&cluster_nodes().await);
+    let replica_pid = redis_pid(replica).await;
+    let restore = FailoverGuard { master, replica_pid };
+    let burst = Burst::start(app.client.clone(), base.clone(), campaign.clone(), app.jwt.clone(), 16);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+
+    signal(replica_pid, "-STOP");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    stack(&["kill-node", &master.to_string()]);
+    signal(replica_pid, "-CONT");
+    let down = readyz_until(&app.client, &base, 30, "reported redis down", |s, b| {
+        s == StatusCode::SERVICE_UNAVAILABLE && b["redis"] == "down"
+    })
+    .await;
+    assert_eq!(down["mysql"], "ok", "{down}");
+    readyz_until(&app.client, &base, 60, "became ready after the failover", |s, _| s == StatusCode::OK).await;
+
+    // The promoted replica has no replica of its own until the old master
+    // is back: its shards answer 503 in replicated mode (fail closed).
+    stack(&["start-node", &master.to_string()]);
+    for i in 0..12 {
+        let got = claim_until_answered_at(&app, &base, &campaign, &format!("after-{i}")).await;
+        assert_eq!(got.0, StatusCode::CREATED, "{}", got.1);
+    }
+    let granted = burst.finish().await;
+    assert!(granted.len() > 50, "the burst granted claims ({})", granted.len());
+
+    let c = app.stock_campaign(&campaign).await;
+    let in_redis: HashSet<String> = app.stock.campaign_records(&c).await.unwrap().into_iter().map(|r| r.id).collect();
+    let lost: Vec<&String> = granted.iter().filter(|id| !in_redis.contains(*id)).collect();
+    assert!(lost.is_empty(), "{} claims answered 201 are gone from Redis after the failover: {lost:?}", lost.len());
+    assert_exactly_once(&app, &campaign, &granted).await;
+
+    kill9(&mut child);
+    // Give the shard its original master back (coordinated, loses nothing).
+    drop(restore);
+    stack(&["failover", &master.to_string()]);
+    stack(&["status"]);
+    app.cleanup().await;
+}
+
+/// [`claim_until_answered`] against another base URL (a child process).
+async fn claim_until_answered_at(app: &TestApp, base: &str, id: &str, user: &str) -> (StatusCode, serde_json::Value) {
+    for _ in 0..200 {
+        let got = claim_at(app, base, id, user).await;
+        if got.0 != StatusCode::SERVICE_UNAVAILABLE {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{user}: still 503 after 20 s");
+}
+
+// ---------------------------------------------------------------------------
+// Graceful shutdown.
+// ---------------------------------------------------------------------------
+
+/// SIGTERM to `flashgrab serve` in the middle of a burst: it stops
+/// accepting, answers the requests it was handling, relays what is in the
+/// outbox and lets the persist worker commit and ack it, then exits 0. With
+/// no other process running afterwards, every claim Redis granted was
+/// answered 201 (nothing in flight was cut off) and has its row in MySQL
+/// (nothing was left in the outbox or the queue).
+///
+/// So that the pipeline really is behind when the signal comes, the test's
+/// `coupons` table is write-locked for a moment around it: the worker's
+/// inserts wait and messages pile up in the queue beyond its prefetch; a
+/// worker that stopped once its batches in hand were written would leave
+/// them there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_burst_answers_in_flight_requests_and_flushes_the_pipeline() {
+    let _guard = STACK.lock().await;
+    let (prefix, db_name) = fresh_names();
+    // In process: admin calls, stats and reconcile only (no relay, no worker).
+    let app = spawn_named(1, &prefix, &db_name, false, false).await;
+    let campaign = big_campaign(&app).await;
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut child = spawn_binary_with(&["serve"], &prefix, &db_name, port, &[("FLASHGRAB_IP_RATE", "0")]);
+    wait_healthy(&app.client, &base).await;
+
+    let burst = Burst::start(app.client.clone(), base.clone(), campaign.clone(), app.jwt.clone(), 16);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let st = app.stats(&campaign).await;
+    assert!(st["persisted"].as_u64().unwrap() > 0, "claims were being persisted: {st}");
+    let mut lock = {
+        use sqlx::Connection;
+        sqlx::MySqlConnection::connect(&settings(&prefix, &db_name).mysql_url).await.unwrap()
+    };
+    sqlx::query("LOCK TABLES coupons WRITE").execute(&mut lock).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    signal(child.id(), "-TERM");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    sqlx::query("UNLOCK TABLES").execute(&mut lock).await.unwrap();
+    let status = tokio::task::spawn_blocking(move || {
+        // Bounded: a shutdown that hangs fails the test instead of the suite.
+        for _ in 0..1200 {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = child.kill();
+        panic!("flashgrab serve did not exit within 120 s of SIGTERM");
+    })
+    .await
+    .unwrap();
+    assert!(status.success(), "flashgrab serve exited with {status}");
+    let granted = burst.finish().await;
+    assert!(granted.len() > 50, "the burst granted claims ({})", granted.len());
+
+    // Nothing runs the pipeline any more: what is in MySQL now is final.
+    let claimed = app.stats(&campaign).await["claimed"].as_u64().unwrap();
+    assert_eq!(claimed, granted.len() as u64, "every grant in Redis was answered 201 (no request cut off)");
+    let rows: Vec<String> = app.state.db.campaign_coupons(&campaign).await.unwrap().into_iter().map(|r| r.id).collect();
+    let unique: HashSet<&String> = rows.iter().collect();
+    assert_eq!(unique.len(), rows.len(), "duplicate rows");
+    let missing: Vec<&String> = granted.iter().filter(|id| !unique.contains(id)).collect();
+    assert!(missing.is_empty(), "{} claims answered 201 have no row after the shutdown: {missing:?}", missing.len());
+    assert_eq!(rows.len() as u64, claimed, "one row per grant");
+    let report = app.reconcile(&campaign, false).await;
+    assert!(report.matched(), "{report}");
+    app.cleanup().await;
 }

@@ -1,0 +1,366 @@
+//! `GET /metrics` in the Prometheus text format, and the counters of the
+//! front end behind it.
+//!
+//! Hand-rolled on atomics rather than a metrics crate: no global recorder
+//! (every instance, and every test instance in one process, has its own),
+//! no allocation and no lock on the request path once a route has been
+//! seen, and the whole exposition is a few dozen lines. What is exported:
+//!
+//! - `flashgrab_http_requests_total{route,status}`: every response, by
+//!   route template (`/v1/campaigns/{id}/claim`; `unmatched` for unknown
+//!   paths, so junk URLs cannot blow up the label set);
+//! - `flashgrab_claims_total{outcome}` and the
+//!   `flashgrab_claim_duration_seconds{outcome}` histogram: claims that
+//!   reached the claim handler (a per-user 429 is refused before it);
+//! - `flashgrab_rate_limited_total{scope}`, `flashgrab_rate_limiter_keys`,
+//!   `flashgrab_shed_total`, `flashgrab_in_flight`, the breaker's state and
+//!   counters;
+//! - the claim pipeline: outbox relay and persist worker figures.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::header::CONTENT_TYPE;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::AppState;
+use crate::metrics::PipelineMetrics;
+
+/// Upper bounds of the latency buckets, seconds.
+const BUCKETS: [f64; 14] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// How a claim ended, as a metrics label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimLabel {
+    Granted,
+    Replayed,
+    AlreadyClaimed,
+    LimitReached,
+    NotStarted,
+    Ended,
+    SoldOut,
+    NotFound,
+    RateLimited,
+    Unavailable,
+    Error,
+}
+
+impl ClaimLabel {
+    const ALL: [ClaimLabel; 11] = [
+        ClaimLabel::Granted,
+        ClaimLabel::Replayed,
+        ClaimLabel::AlreadyClaimed,
+        ClaimLabel::LimitReached,
+        ClaimLabel::NotStarted,
+        ClaimLabel::Ended,
+        ClaimLabel::SoldOut,
+        ClaimLabel::NotFound,
+        ClaimLabel::RateLimited,
+        ClaimLabel::Unavailable,
+        ClaimLabel::Error,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            ClaimLabel::Granted => "granted",
+            ClaimLabel::Replayed => "replayed",
+            ClaimLabel::AlreadyClaimed => "already_claimed",
+            ClaimLabel::LimitReached => "limit_reached",
+            ClaimLabel::NotStarted => "not_started",
+            ClaimLabel::Ended => "ended",
+            ClaimLabel::SoldOut => "sold_out",
+            ClaimLabel::NotFound => "campaign_not_found",
+            ClaimLabel::RateLimited => "rate_limited",
+            ClaimLabel::Unavailable => "unavailable",
+            ClaimLabel::Error => "error",
+        }
+    }
+}
+
+/// One latency histogram (cumulative on export).
+#[derive(Default)]
+struct Histogram {
+    /// Non-cumulative counts per bucket; the last one is `+Inf`.
+    buckets: [AtomicU64; BUCKETS.len() + 1],
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let i = BUCKETS.iter().position(|b| secs <= *b).unwrap_or(BUCKETS.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_micros.fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+}
+
+/// Responses of one route by status (100..=599, indexed from 100).
+struct RouteCounters {
+    by_status: Box<[AtomicU64]>,
+}
+
+impl RouteCounters {
+    fn new() -> Self {
+        Self { by_status: (100..600).map(|_| AtomicU64::new(0)).collect() }
+    }
+}
+
+/// The front end's counters of one instance.
+pub struct HttpMetrics {
+    routes: RwLock<HashMap<Box<str>, Arc<RouteCounters>>>,
+    claims: [AtomicU64; ClaimLabel::ALL.len()],
+    claim_latency: [Histogram; ClaimLabel::ALL.len()],
+}
+
+impl Default for HttpMetrics {
+    fn default() -> Self {
+        Self {
+            routes: RwLock::default(),
+            claims: Default::default(),
+            claim_latency: std::array::from_fn(|_| Histogram::default()),
+        }
+    }
+}
+
+impl HttpMetrics {
+    fn route(&self, route: &str) -> Arc<RouteCounters> {
+        if let Some(c) = self.routes.read().unwrap_or_else(|e| e.into_inner()).get(route) {
+            return c.clone();
+        }
+        let mut routes = self.routes.write().unwrap_or_else(|e| e.into_inner());
+        routes.entry(route.into()).or_insert_with(|| Arc::new(RouteCounters::new())).clone()
+    }
+
+    pub fn response(&self, route: &str, status: u16) {
+        if (100..600).contains(&status) {
+            self.route(route).by_status[usize::from(status - 100)].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn claim(&self, label: ClaimLabel, took: Duration) {
+        let i = label as usize;
+        self.claims[i].fetch_add(1, Ordering::Relaxed);
+        self.claim_latency[i].observe(took);
+    }
+
+    /// Writes the HTTP and claim families.
+    fn render(&self, out: &mut String) {
+        family(out, "flashgrab_http_requests_total", "counter", "HTTP responses by route template and status.");
+        let routes: Vec<(Box<str>, Arc<RouteCounters>)> = {
+            let r = self.routes.read().unwrap_or_else(|e| e.into_inner());
+            r.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        };
+        let mut routes = routes;
+        routes.sort_by(|a, b| a.0.cmp(&b.0));
+        for (route, c) in &routes {
+            for (i, n) in c.by_status.iter().enumerate() {
+                let n = n.load(Ordering::Relaxed);
+                if n > 0 {
+                    let _ =
+                        writeln!(out, "flashgrab_http_requests_total{{route=\"{route}\",status=\"{}\"}} {n}", i + 100);
+                }
+            }
+        }
+        family(out, "flashgrab_claims_total", "counter", "Claims that reached the claim handler, by outcome.");
+        for l in ClaimLabel::ALL {
+            let _ = writeln!(
+                out,
+                "flashgrab_claims_total{{outcome=\"{}\"}} {}",
+                l.name(),
+                self.claims[l as usize].load(Ordering::Relaxed)
+            );
+        }
+        family(out, "flashgrab_claim_duration_seconds", "histogram", "Claim latency in the handler, by outcome.");
+        for l in ClaimLabel::ALL {
+            let h = &self.claim_latency[l as usize];
+            let mut cumulative = 0;
+            for (i, b) in h.buckets.iter().enumerate() {
+                cumulative += b.load(Ordering::Relaxed);
+                let le = BUCKETS.get(i).map_or_else(|| "+Inf".to_owned(), |b| b.to_string());
+                let _ = writeln!(
+                    out,
+                    "flashgrab_claim_duration_seconds_bucket{{outcome=\"{}\",le=\"{le}\"}} {cumulative}",
+                    l.name()
+                );
+            }
+            let sum = h.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+            let _ = writeln!(out, "flashgrab_claim_duration_seconds_sum{{outcome=\"{}\"}} {sum}", l.name());
+            let _ = writeln!(out, "flashgrab_claim_duration_seconds_count{{outcome=\"{}\"}} {cumulative}", l.name());
+        }
+    }
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+fn sample(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+    family(out, name, kind, help);
+    let _ = writeln!(out, "{name} {value}");
+}
+
+/// Counts every response by route and status (outermost layer, so 413,
+/// 429 and 503 from the layers inside are counted too).
+pub async fn record(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned());
+    let resp = next.run(req).await;
+    s.http_metrics.response(route.as_deref().unwrap_or("unmatched"), resp.status().as_u16());
+    resp
+}
+
+/// The whole exposition of this instance.
+pub fn render(s: &AppState) -> String {
+    let mut out = String::with_capacity(16 * 1024);
+    s.http_metrics.render(&mut out);
+
+    let limits = &s.protection.limits;
+    family(&mut out, "flashgrab_rate_limited_total", "counter", "Requests refused with 429, by limit.");
+    let refused = [
+        ("ip", limits.ips.as_ref().map_or(0, |l| l.refused())),
+        ("user", limits.users.as_ref().map_or(0, |l| l.refused())),
+        ("claims", limits.claims.as_ref().map_or(0, |l| l.refused())),
+    ];
+    for (scope, n) in refused {
+        let _ = writeln!(out, "flashgrab_rate_limited_total{{scope=\"{scope}\"}} {n}");
+    }
+    family(&mut out, "flashgrab_rate_limiter_keys", "gauge", "Keys held by each keyed rate limiter.");
+    for (scope, n) in
+        [("ip", limits.ips.as_ref().map_or(0, |l| l.len())), ("user", limits.users.as_ref().map_or(0, |l| l.len()))]
+    {
+        let _ = writeln!(out, "flashgrab_rate_limiter_keys{{scope=\"{scope}\"}} {n}");
+    }
+    family(
+        &mut out,
+        "flashgrab_rate_limiter_resets_total",
+        "counter",
+        "Keyed limiters restarted for holding too many keys.",
+    );
+    for (scope, n) in [
+        ("ip", limits.ips.as_ref().map_or(0, |l| l.resets())),
+        ("user", limits.users.as_ref().map_or(0, |l| l.resets())),
+    ] {
+        let _ = writeln!(out, "flashgrab_rate_limiter_resets_total{{scope=\"{scope}\"}} {n}");
+    }
+    let admission = &s.protection.admission;
+    sample(
+        &mut out,
+        "flashgrab_shed_total",
+        "counter",
+        "Requests answered 503 because too many were in flight.",
+        admission.shed(),
+    );
+    sample(&mut out, "flashgrab_in_flight", "gauge", "Requests holding an admission slot now.", admission.in_flight());
+    sample(&mut out, "flashgrab_in_flight_max", "gauge", "Admission slots (FLASHGRAB_MAX_IN_FLIGHT).", admission.max());
+    let breaker = s.stock.breaker();
+    sample(
+        &mut out,
+        "flashgrab_redis_breaker_state",
+        "gauge",
+        "Redis circuit breaker: 0 closed, 1 open, 2 half-open.",
+        breaker.state() as u8,
+    );
+    sample(
+        &mut out,
+        "flashgrab_redis_breaker_opened_total",
+        "counter",
+        "Times the Redis breaker opened.",
+        breaker.opened(),
+    );
+    sample(
+        &mut out,
+        "flashgrab_redis_breaker_rejected_total",
+        "counter",
+        "Redis calls refused at once by the open breaker.",
+        breaker.rejected(),
+    );
+
+    let p = &s.metrics;
+    let get = PipelineMetrics::get;
+    for (name, kind, help, v) in [
+        (
+            "flashgrab_outbox_relayed_total",
+            "counter",
+            "Claim records published to RabbitMQ and confirmed.",
+            get(&p.relayed),
+        ),
+        (
+            "flashgrab_outbox_published_batches_total",
+            "counter",
+            "Messages confirmed by RabbitMQ.",
+            get(&p.published_batches),
+        ),
+        (
+            "flashgrab_outbox_reclaimed_total",
+            "counter",
+            "Outbox entries taken over from a dead relay.",
+            get(&p.reclaimed),
+        ),
+        ("flashgrab_outbox_length", "gauge", "Entries in the outbox streams not yet confirmed.", get(&p.outbox_len)),
+        (
+            "flashgrab_persisted_total",
+            "counter",
+            "Rows written (or found written) by the persist worker.",
+            get(&p.persisted),
+        ),
+        ("flashgrab_dead_lettered_total", "counter", "Messages sent to the dead-letter queue.", get(&p.dead_lettered)),
+        (
+            "flashgrab_pipeline_errors_total",
+            "counter",
+            "Backend errors of the relay and the worker (retried).",
+            get(&p.errors),
+        ),
+    ] {
+        sample(&mut out, name, kind, help, v);
+    }
+    sample(
+        &mut out,
+        "flashgrab_outbox_oldest_age_seconds",
+        "gauge",
+        "Age of the oldest outbox entry in the last relay pass.",
+        get(&p.outbox_age_ms) as f64 / 1000.0,
+    );
+    sample(
+        &mut out,
+        "flashgrab_persist_lag_seconds",
+        "gauge",
+        "Grant-to-commit lag of the newest persisted batch.",
+        get(&p.persist_lag_ms) as f64 / 1000.0,
+    );
+    out
+}
+
+/// `GET /metrics`.
+pub async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
+    ([(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], render(&s))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_statuses_and_histograms_render() {
+        let m = HttpMetrics::default();
+        m.response("/v1/campaigns/{id}/claim", 201);
+        m.response("/v1/campaigns/{id}/claim", 201);
+        m.response("unmatched", 404);
+        m.response("x", 42);
+        m.claim(ClaimLabel::Granted, Duration::from_micros(700));
+        m.claim(ClaimLabel::Granted, Duration::from_secs(20));
+        let mut out = String::new();
+        m.render(&mut out);
+        assert!(out.contains("flashgrab_http_requests_total{route=\"/v1/campaigns/{id}/claim\",status=\"201\"} 2\n"));
+        assert!(out.contains("flashgrab_http_requests_total{route=\"unmatched\",status=\"404\"} 1\n"));
+        assert!(out.contains("flashgrab_claims_total{outcome=\"granted\"} 2\n"));
+        assert!(out.contains("flashgrab_claim_duration_seconds_bucket{outcome=\"granted\",le=\"0.0005\"} 0\n"));
+        assert!(out.contains("flashgrab_claim_duration_seconds_bucket{outcome=\"granted\",le=\"0.001\"} 1\n"));
+        assert!(out.contains("flashgrab_claim_duration_seconds_bucket{outcome=\"granted\",le=\"+Inf\"} 2\n"));
+        assert!(out.contains("flashgrab_claim_duration_seconds_count{outcome=\"granted\"} 2\n"));
+        assert!(!out.contains("status=\"42\""));
+    }
+}

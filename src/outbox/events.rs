@@ -1,0 +1,159 @@
+//! Redeem and release events: from the `redemptions` table to the events
+//! exchange.
+//!
+//! The history row is written in the transaction that decided the redeem or
+//! release (see `db::redemptions`), so the table is a transactional outbox
+//! and an event can never be lost by a crash between the decision and the
+//! publish. This publisher, one per `serve`, sends unpublished rows in
+//! batches with publisher confirms and only then stamps them `published_at`.
+//! Delivery is at least once (two instances may send the same row, or a
+//! crash between confirm and stamp resends it): consumers deduplicate by the
+//! row `id`. Message shape, like the claim events:
+//! `{"kind":"redemptions","redemptions":[{"id","action","coupon_id",...}]}`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::QueueError;
+use super::topology::Topology;
+use crate::db::redemptions::RedemptionEvent;
+use crate::db::{Db, DbError};
+use crate::metrics::{Backoff, PipelineMetrics, pause_after_failure};
+
+/// Rows per message.
+pub const BATCH: u32 = 500;
+/// Routing key of redemption events on the events exchange.
+pub const REDEMPTION_ROUTING_KEY: &str = "redemption";
+/// Look for unsent rows at least this often (a redeem also wakes it).
+const POLL: Duration = Duration::from_secs(1);
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum EventsError {
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+impl From<lapin::Error> for EventsError {
+    fn from(e: lapin::Error) -> Self {
+        EventsError::Queue(QueueError::Amqp(e))
+    }
+}
+
+/// `{"kind":"redemptions","redemptions":[...]}`.
+pub fn redemptions_body(events: &[RedemptionEvent]) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({ "kind": "redemptions", "redemptions": events }))
+        .expect("plain structs always serialize")
+}
+
+pub struct EventPublisher {
+    db: Db,
+    amqp_url: String,
+    topology: Topology,
+    wake: Arc<Notify>,
+    metrics: Arc<PipelineMetrics>,
+}
+
+impl EventPublisher {
+    /// `wake` is notified by the redeem service after each commit.
+    pub fn new(db: Db, amqp_url: String, prefix: &str, wake: Arc<Notify>, metrics: Arc<PipelineMetrics>) -> Self {
+        Self { db, amqp_url, topology: Topology::new(prefix), wake, metrics }
+    }
+
+    /// Runs until `shutdown`, reconnecting with backoff; a last pass on
+    /// shutdown sends what was committed before it.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut backoff = Backoff::default();
+        while !shutdown.is_cancelled() {
+            match self.session(&shutdown, &mut backoff).await {
+                Ok(()) => break,
+                Err(e) => {
+                    if !pause_after_failure("event publisher", &e, &mut backoff, &self.metrics.errors, &shutdown).await
+                    {
+                        break;
+                    }
+                }
+            }
+        }
+        tracing::info!("event publisher stopped");
+    }
+
+    async fn session(&self, shutdown: &CancellationToken, backoff: &mut Backoff) -> Result<(), EventsError> {
+        let conn = Connection::connect(&self.amqp_url, ConnectionProperties::default()).await?;
+        let ch = conn.create_channel().await?;
+        ch.confirm_select(ConfirmSelectOptions::default()).await?;
+        self.topology.declare(&ch).await?;
+        backoff.reset();
+        loop {
+            while self.pass(&ch).await? == BATCH as usize {}
+            tokio::select! {
+                () = shutdown.cancelled() => {
+                    self.pass(&ch).await?;
+                    let _ = conn.close(200, "shutdown".into()).await;
+                    return Ok(());
+                }
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(POLL) => {}
+            }
+        }
+    }
+
+    /// Sends one batch of unsent rows; returns how many.
+    async fn pass(&self, ch: &Channel) -> Result<usize, EventsError> {
+        let events = self.db.unpublished_redemptions(BATCH).await?;
+        if events.is_empty() {
+            return Ok(0);
+        }
+        let props = BasicProperties::default().with_delivery_mode(2).with_content_type("application/json".into());
+        let confirm = ch
+            .basic_publish(
+                self.topology.events_exchange.as_str().into(),
+                REDEMPTION_ROUTING_KEY.into(),
+                BasicPublishOptions::default(),
+                &redemptions_body(&events),
+                props,
+            )
+            .await?;
+        let c = tokio::time::timeout(CONFIRM_TIMEOUT, confirm)
+            .await
+            .map_err(|_| QueueError::Timeout(CONFIRM_TIMEOUT))?
+            .map_err(QueueError::Amqp)?;
+        if !c.is_ack() {
+            return Err(QueueError::Nacked("events: nack".into()).into());
+        }
+        let ids: Vec<u64> = events.iter().map(|e| e.id).collect();
+        self.db.mark_published(&ids, Utc::now()).await?;
+        Ok(events.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_has_the_claim_events_shape() {
+        let e = RedemptionEvent {
+            id: 7,
+            action: "redeem".into(),
+            coupon_id: "c".into(),
+            campaign_id: "k".into(),
+            user_id: "u".into(),
+            order_id: "o".into(),
+            discount_cents: 200,
+            at_ms: 1,
+        };
+        let v: serde_json::Value = serde_json::from_slice(&redemptions_body(&[e])).unwrap();
+        assert_eq!(v["kind"], "redemptions");
+        assert_eq!(v["redemptions"][0]["action"], "redeem");
+        assert_eq!(v["redemptions"][0]["discount_cents"], 200);
+    }
+}

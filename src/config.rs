@@ -322,8 +322,7 @@ impl Settings {
         let rate_max_keys = num("RATE_MAX_KEYS", file.rate_max_keys, defaults.rate_max_keys as u64)?;
         let max_in_flight = num("MAX_IN_FLIGHT", file.max_in_flight, defaults.max_in_flight as u64)?;
         let breaker_failures = num("BREAKER_FAILURES", file.breaker_failures, u64::from(defaults.breaker_failures))?;
-        let breaker_open_ms =
-            num("BREAKER_OPEN_MS", file.breaker_open_ms, defaults.breaker_open.as_millis() as u64)?;
+        let breaker_open_ms = num("BREAKER_OPEN_MS", file.breaker_open_ms, defaults.breaker_open.as_millis() as u64)?;
         for (name, v, lo, hi) in [
             ("FLASHGRAB_AMQP_TIMEOUT_MS", amqp_timeout_ms, 10, 300_000),
             ("FLASHGRAB_RATE_MAX_KEYS", rate_max_keys, 1000, 100_000_000),
@@ -335,14 +334,15 @@ impl Settings {
                 return Err(err(name, format!("must be between {lo} and {hi}")));
             }
         }
-        let trusted_proxy_header =
-            match pick("TRUSTED_PROXY_HEADER", file.trusted_proxy_header, None).map(|h| h.trim().to_ascii_lowercase()) {
-                None => None,
-                Some(h) if axum::http::HeaderName::from_bytes(h.as_bytes()).is_ok() => Some(h),
-                Some(_) => {
-                    return Err(err("FLASHGRAB_TRUSTED_PROXY_HEADER", "must be a header name, e.g. x-forwarded-for"));
-                }
-            };
+        let trusted_proxy_header = match pick("TRUSTED_PROXY_HEADER", file.trusted_proxy_header, None)
+            .map(|h| h.trim().to_ascii_lowercase())
+        {
+            None => None,
+            Some(h) if axum::http::HeaderName::from_bytes(h.as_bytes()).is_ok() => Some(h),
+            Some(_) => {
+                return Err(err("FLASHGRAB_TRUSTED_PROXY_HEADER", "must be a header name, e.g. x-forwarded-for"));
+            }
+        };
         let protect = ProtectSettings {
             user_rate,
             ip_rate,

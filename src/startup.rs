@@ -15,11 +15,11 @@ use crate::db::Db;
 use crate::health::AmqpProbe;
 use crate::http::{AppInner, AppState, router};
 use crate::metrics::PipelineMetrics;
+use crate::outbox::events::EventPublisher;
 use crate::outbox::relay::Relay;
 use crate::persist::worker::PersistWorker;
-use crate::outbox::events::EventPublisher;
-use crate::service::{CampaignService, ClaimService, CouponService, ReportService};
 use crate::protect::{Breaker, Protection};
+use crate::service::{CampaignService, ClaimService, CouponService, ReportService};
 use crate::stock::StockStore;
 use crate::stock::broadcast::{Notice, Subscriber};
 
@@ -82,7 +82,8 @@ impl Application {
             .then(|| PersistWorker::new(db.clone(), settings.amqp_url.clone(), &settings.key_prefix, metrics.clone()))
             .map(|w| w.with_amqp_timeout(settings.amqp_timeout));
         let campaigns = CampaignService::new(db.clone(), stock.clone(), settings.campaign_cache_ttl);
-        let claims = ClaimService::new(campaigns.clone(), stock.clone(), db.clone()).with_protection(protection.clone());
+        let claims =
+            ClaimService::new(campaigns.clone(), stock.clone(), db.clone()).with_protection(protection.clone());
         // Redeem/release events leave through the relay's broker connection
         // settings; the publisher runs wherever the relay runs.
         let wake_events = Arc::new(tokio::sync::Notify::new());
@@ -171,7 +172,8 @@ impl Application {
             });
         }
         let app = router(self.state);
-        let serve = axum::serve(self.listener, app.into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(signalled.clone().cancelled_owned());
+        let serve = axum::serve(self.listener, app.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(signalled.clone().cancelled_owned());
         let served = tokio::select! {
             r = std::future::IntoFuture::into_future(serve) => r,
             () = async { signalled.cancelled().await; tokio::time::sleep(limit).await } => {

@@ -12,8 +12,8 @@ use redis::cluster_async::ClusterConnection;
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use tokio_util::sync::CancellationToken;
 
-use super::{QueueError, amqp_call};
 use super::topology::{CLAIM_ROUTING_KEY, Topology};
+use super::{QueueError, amqp_call};
 use crate::domain::CouponRecord;
 use crate::metrics::{Backoff, PipelineMetrics, pause_after_failure};
 use crate::stock::StockStore;

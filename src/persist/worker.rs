@@ -16,8 +16,8 @@ use tokio_util::sync::CancellationToken;
 use crate::db::Db;
 use crate::domain::{CampaignId, CouponId, CouponRecord, UserId};
 use crate::metrics::{Backoff, PipelineMetrics, pause_after_failure};
-use crate::outbox::{QueueError, amqp_call};
 use crate::outbox::topology::Topology;
+use crate::outbox::{QueueError, amqp_call};
 
 /// Messages the broker may hand us before we ack: each carries up to 2000
 /// claims (`outbox::relay::MESSAGE_CLAIMS`), so at most ~64k claims are held
@@ -104,7 +104,13 @@ pub struct PersistWorker {
 
 impl PersistWorker {
     pub fn new(db: Db, amqp_url: String, prefix: &str, metrics: Arc<PipelineMetrics>) -> Self {
-        Self { db, amqp_url, topology: Topology::new(prefix), metrics, amqp_timeout: crate::outbox::DEFAULT_AMQP_TIMEOUT }
+        Self {
+            db,
+            amqp_url,
+            topology: Topology::new(prefix),
+            metrics,
+            amqp_timeout: crate::outbox::DEFAULT_AMQP_TIMEOUT,
+        }
     }
 
     /// The same worker with another bound on RabbitMQ calls.

@@ -47,12 +47,7 @@ impl CouponView {
     /// A coupon from its claim record and its redemption state (the
     /// database's; none for a claim not yet persisted). Redeemed wins over
     /// expired: a coupon redeemed in time stays redeemed.
-    pub fn new(
-        record: &CouponRecord,
-        campaign: &Campaign,
-        redemption: Option<Redemption>,
-        now: DateTime<Utc>,
-    ) -> Self {
+    pub fn new(record: &CouponRecord, campaign: &Campaign, redemption: Option<Redemption>, now: DateTime<Utc>) -> Self {
         let valid_until = record.valid_until();
         Self {
             id: record.id.clone(),
@@ -249,9 +244,10 @@ impl ClaimService {
         let campaigns = self.campaigns.list_terms().await?;
         let reads = campaigns.iter().map(|c| self.stock.user_coupons(c, user));
         let per_campaign = futures_util::future::try_join_all(reads).await?;
-        Ok(campaigns.into_iter().zip(per_campaign).find_map(|(c, records)| {
-            records.into_iter().find(|r| r.id == coupon_id.as_str()).map(|r| (r, c))
-        }))
+        Ok(campaigns
+            .into_iter()
+            .zip(per_campaign)
+            .find_map(|(c, records)| records.into_iter().find(|r| r.id == coupon_id.as_str()).map(|r| (r, c))))
     }
 
     pub async fn my_coupon(

@@ -35,8 +35,12 @@ impl ServiceError {
     pub fn is_unavailable(&self) -> bool {
         matches!(
             self,
-            ServiceError::Stock(StockError::Redis(_) | StockError::Timeout(_) | StockError::BreakerOpen | StockError::NotReplicated { .. })
-                | ServiceError::Db(DbError::Sql(_) | DbError::Timeout(_))
+            ServiceError::Stock(
+                StockError::Redis(_)
+                    | StockError::Timeout(_)
+                    | StockError::BreakerOpen
+                    | StockError::NotReplicated { .. }
+            ) | ServiceError::Db(DbError::Sql(_) | DbError::Timeout(_))
                 | ServiceError::Shed(_)
         )
     }

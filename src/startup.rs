@@ -95,6 +95,7 @@ impl Application {
                 wake_events.clone(),
                 metrics.clone(),
             )
+            .with_amqp_timeout(settings.amqp_timeout)
         });
         let coupons = CouponService::new(campaigns.clone(), claims.clone(), db.clone(), wake_events);
         let reports = ReportService::new(campaigns.clone(), db.clone());

@@ -20,8 +20,8 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::QueueError;
 use super::topology::Topology;
+use super::{QueueError, amqp_call};
 use crate::db::redemptions::RedemptionEvent;
 use crate::db::{Db, DbError};
 use crate::metrics::{Backoff, PipelineMetrics, pause_after_failure};
@@ -60,12 +60,20 @@ pub struct EventPublisher {
     topology: Topology,
     wake: Arc<Notify>,
     metrics: Arc<PipelineMetrics>,
+    /// Bound of every RabbitMQ call.
+    amqp_timeout: Duration,
 }
 
 impl EventPublisher {
     /// `wake` is notified by the redeem service after each commit.
     pub fn new(db: Db, amqp_url: String, prefix: &str, wake: Arc<Notify>, metrics: Arc<PipelineMetrics>) -> Self {
-        Self { db, amqp_url, topology: Topology::new(prefix), wake, metrics }
+        Self { db, amqp_url, topology: Topology::new(prefix), wake, metrics, amqp_timeout: super::DEFAULT_AMQP_TIMEOUT }
+    }
+
+    /// The same publisher with another bound on RabbitMQ calls.
+    pub fn with_amqp_timeout(mut self, timeout: Duration) -> Self {
+        self.amqp_timeout = timeout;
+        self
     }
 
     /// Runs until `shutdown`, reconnecting with backoff; a last pass on
@@ -87,10 +95,11 @@ impl EventPublisher {
     }
 
     async fn session(&self, shutdown: &CancellationToken, backoff: &mut Backoff) -> Result<(), EventsError> {
-        let conn = Connection::connect(&self.amqp_url, ConnectionProperties::default()).await?;
-        let ch = conn.create_channel().await?;
-        ch.confirm_select(ConfirmSelectOptions::default()).await?;
-        self.topology.declare(&ch).await?;
+        let t = self.amqp_timeout;
+        let conn = amqp_call(t, Connection::connect(&self.amqp_url, ConnectionProperties::default())).await?;
+        let ch = amqp_call(t, conn.create_channel()).await?;
+        amqp_call(t, ch.confirm_select(ConfirmSelectOptions::default())).await?;
+        amqp_call(t, self.topology.declare(&ch)).await?;
         backoff.reset();
         loop {
             while self.pass(&ch).await? == BATCH as usize {}
@@ -113,15 +122,17 @@ impl EventPublisher {
             return Ok(0);
         }
         let props = BasicProperties::default().with_delivery_mode(2).with_content_type("application/json".into());
-        let confirm = ch
-            .basic_publish(
+        let confirm = amqp_call(
+            self.amqp_timeout,
+            ch.basic_publish(
                 self.topology.events_exchange.as_str().into(),
                 REDEMPTION_ROUTING_KEY.into(),
                 BasicPublishOptions::default(),
                 &redemptions_body(&events),
                 props,
-            )
-            .await?;
+            ),
+        )
+        .await?;
         let c = tokio::time::timeout(CONFIRM_TIMEOUT, confirm)
             .await
             .map_err(|_| QueueError::Timeout(CONFIRM_TIMEOUT))?

@@ -137,8 +137,12 @@ impl HttpMetrics {
     }
 
     pub fn response(&self, route: &str, status: u16) {
+        Self::count(&self.route(route), status);
+    }
+
+    fn count(route: &RouteCounters, status: u16) {
         if (100..600).contains(&status) {
-            self.route(route).by_status[usize::from(status - 100)].fetch_add(1, Ordering::Relaxed);
+            route.by_status[usize::from(status - 100)].fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -207,9 +211,11 @@ fn sample(out: &mut String, name: &str, kind: &str, help: &str, value: impl std:
 /// Counts every response by route and status (outermost layer, so 413,
 /// 429 and 503 from the layers inside are counted too).
 pub async fn record(State(s): State<AppState>, req: Request, next: Next) -> Response {
-    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned());
+    // The counters are looked up before the request runs: no copy of the
+    // route string per request.
+    let counters = s.http_metrics.route(req.extensions().get::<MatchedPath>().map_or("unmatched", MatchedPath::as_str));
     let resp = next.run(req).await;
-    s.http_metrics.response(route.as_deref().unwrap_or("unmatched"), resp.status().as_u16());
+    HttpMetrics::count(&counters, resp.status().as_u16());
     resp
 }
 

@@ -176,7 +176,13 @@ impl ClaimService {
             ClaimOutcome::NotStarted { starts_ms } => {
                 ClaimResult::NotStarted { starts_at: crate::domain::coupon::from_ms(starts_ms) }
             }
-            ClaimOutcome::Ended => ClaimResult::Ended,
+            ClaimOutcome::Ended => {
+                // The terms here said open: the campaign was closed and this
+                // instance missed the notice (or its clock is behind).
+                // Remember it, so the next claims are answered from memory.
+                self.campaigns.apply_closed(campaign_id, now);
+                ClaimResult::Ended
+            }
             ClaimOutcome::SoldOut => {
                 if !self.is_sold_out(campaign_id) {
                     self.mark_sold_out(campaign_id);

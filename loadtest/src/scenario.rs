@@ -104,8 +104,6 @@ pub struct Common {
 
 #[derive(Args)]
 pub struct DropArgs {
-    #[command(flatten)]
-    pub common: Common,
     /// Distinct users; arrival i is user i mod USERS.
     #[arg(long, short = 'u', default_value_t = 10_000)]
     users: u32,
@@ -136,12 +134,12 @@ pub struct DropArgs {
     /// begins at the start.
     #[arg(long, value_name = "SECS", default_value_t = 2.0)]
     start_in: f64,
+    #[command(flatten)]
+    pub common: Common,
 }
 
 #[derive(Args)]
 pub struct SteadyArgs {
-    #[command(flatten)]
-    pub common: Common,
     /// Arrivals per second (open loop; latency from the scheduled time).
     #[arg(long, value_name = "PER_SECOND", default_value_t = 1_000.0)]
     rate: f64,
@@ -157,12 +155,12 @@ pub struct SteadyArgs {
     /// Arrivals at most (default: RATE x DURATION).
     #[arg(long, short = 'n')]
     requests: Option<u64>,
+    #[command(flatten)]
+    pub common: Common,
 }
 
 #[derive(Args)]
 pub struct RedeemArgs {
-    #[command(flatten)]
-    pub common: Common,
     /// Claims per second (open loop); 0 for the closed loop.
     #[arg(long, value_name = "PER_SECOND", default_value_t = 200.0)]
     rate: f64,
@@ -188,6 +186,8 @@ pub struct RedeemArgs {
     /// Share of users who retry after 429, 503, a timeout or an error.
     #[arg(long, value_name = "SHARE", default_value_t = 0.2)]
     retry_share: f64,
+    #[command(flatten)]
+    pub common: Common,
 }
 
 /// Whether every invariant held.
@@ -304,7 +304,7 @@ async fn run(c: &Common, s: Setup) -> anyhow::Result<Verdict> {
     if s.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
         bail!("--rate must be a positive number");
     }
-    if !(0.0..=60.0).contains(&s.start_in) || !(c.persist_timeout >= 0.0 && c.persist_timeout <= 3600.0) {
+    if !((0.0..=60.0).contains(&s.start_in) && (0.0..=3600.0).contains(&c.persist_timeout)) {
         bail!("--start-in must be in [0, 60] and --persist-timeout in [0, 3600] seconds");
     }
     let bases = c.urls.iter().map(|u| client::base_url(u, c.allow_remote)).collect::<anyhow::Result<Vec<_>>>()?;

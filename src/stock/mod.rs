@@ -18,10 +18,10 @@
 //! Durability ([`Durability`]): in `fast` mode a grant is answered as soon as
 //! the script returned; replication to the replica is asynchronous, so a
 //! failover can lose the last grants. In `replicated` mode a grant (or a
-//! replay) is answered only after `WAIT 1 <ms>`, sent to the master of the
-//! shard's slot on the same multiplexed connection that ran the script: WAIT
-//! waits for the replication offset of that connection's last write, which is
-//! at least the script's. Fewer than one replica acknowledging is
+//! replay) is answered only after `WAIT 1 <ms>`, pipelined right behind the
+//! script to the same node on the same connection: WAIT waits for the
+//! replication offset of that connection's last write, which is at least the
+//! script's. Fewer than one replica acknowledging is
 //! [`StockError::NotReplicated`] (503, "maybe granted": the grant and its
 //! outbox record are on the master and are persisted if the master survives).
 
@@ -37,9 +37,7 @@ use futures_util::future::try_join_all;
 use redis::Value;
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{
-    MultipleNodeRoutingInfo, ResponsePolicy, Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr,
-};
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 
 use crate::domain::campaign::home_shard;
 use crate::domain::{Campaign, CouponId, CouponRecord, UserId};
@@ -242,7 +240,7 @@ impl StockStore {
     }
 
     /// `cluster_state:ok` as seen by the node that answers, and every master
-    /// of the slot map answering PING. The second check is what makes
+    /// of the cluster's slot map answering PING on its own address. The second check is what makes
     /// `/readyz` say "down" between a master's death and its replica's
     /// promotion: for the cluster-node-timeout the survivors still report
     /// `cluster_state:ok` although that master's slots are unserved.
@@ -252,35 +250,20 @@ impl StockStore {
         if !info.lines().any(|l| l.trim() == "cluster_state:ok") {
             return Err(StockError::Protocol("cluster_state is not ok".into()));
         }
-        let all_masters =
-            RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, Some(ResponsePolicy::AllSucceeded)));
-        self.bounded(c.route_command(redis::cmd("PING"), all_masters)).await?;
-        Ok(())
-    }
-
-    /// In `replicated` mode, waits until one replica of the master owning
-    /// `key`'s slot acknowledged every write of this connection so far (the
-    /// grant of `coupon` included). WAIT must go to that one master on this
-    /// very connection: sent as a plain command the cluster client would
-    /// fan it out to every master, and on another connection it would count
-    /// that connection's writes, not the script's.
-    async fn confirm_replicated(&self, key: &str, coupon: &str) -> Result<()> {
-        let Durability::Replicated { wait } = self.durability else {
-            return Ok(());
-        };
-        let route =
-            RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::with_key(key, SlotAddr::Master)));
-        let mut cmd = redis::cmd("WAIT");
-        cmd.arg(1).arg(wait.as_millis() as u64);
-        let mut conn = self.conn.clone();
-        let acked = match self.bounded(conn.route_command(cmd, route)).await? {
-            Value::Int(n) => n,
-            other => return Err(StockError::Protocol(format!("WAIT: {other:?}"))),
-        };
-        if acked < 1 {
-            tracing::warn!(%coupon, acked, ?wait, "no replica acknowledged a grant in time: answering 503 (maybe granted)");
-            return Err(StockError::NotReplicated { coupon: coupon.to_owned(), acked, wait });
-        }
+        // By address: routed by slot, the client would fall back to a
+        // replica (or any node) when a master's connection is gone.
+        let pings = self.slot_map().await?.masters().into_iter().map(|addr| {
+            let mut c = self.conn.clone();
+            async move {
+                let (host, port) = addr
+                    .rsplit_once(':')
+                    .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
+                    .ok_or_else(|| StockError::Protocol(format!("master address {addr:?}")))?;
+                let node = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host, port });
+                self.bounded(c.route_command(redis::cmd("PING"), node)).await
+            }
+        });
+        try_join_all(pings).await?;
         Ok(())
     }
 
@@ -351,6 +334,9 @@ impl StockStore {
         idempotency_key: Option<&str>,
     ) -> Result<ShardClaim> {
         let k = self.shard_keys(c, shard);
+        if let Durability::Replicated { wait } = self.durability {
+            return self.claim_replicated(&k, user, coupon, idempotency_key, c, shard, wait).await;
+        }
         let mut inv = self.scripts.claim.key(&k.hash);
         inv.key(&k.holders)
             .key(&k.coupons)
@@ -364,6 +350,64 @@ impl StockStore {
         let mut conn = self.conn.clone();
         let v: Value = self.bounded(inv.invoke_async(&mut conn)).await?;
         parse_claim_reply(&v)
+    }
+
+    /// The claim script followed by `WAIT 1 <wait>` in ONE pipeline: both go
+    /// to the node owning the shard's slot on the same connection, one after
+    /// the other, so the WAIT counts replicas that acknowledged this very
+    /// script's writes. (A WAIT sent separately could land elsewhere: the
+    /// cluster client falls back to another node, even a random one, when
+    /// the master's connection is gone, and a WAIT there proves nothing.) A
+    /// redirected or retried pipeline runs the script again with the same
+    /// coupon id: on a new master that already has the grant it answers
+    /// "holding" (409), never a 201 the WAIT did not cover.
+    #[allow(clippy::too_many_arguments)]
+    async fn claim_replicated(
+        &self,
+        k: &ShardKeys,
+        user: &UserId,
+        coupon: &CouponId,
+        idempotency_key: Option<&str>,
+        c: &Campaign,
+        shard: u32,
+        wait: Duration,
+    ) -> Result<ShardClaim> {
+        let mut evalsha = redis::cmd("EVALSHA");
+        evalsha
+            .arg(self.scripts.claim.get_hash())
+            .arg(5)
+            .arg(&k.hash)
+            .arg(&k.holders)
+            .arg(&k.coupons)
+            .arg(&k.idem)
+            .arg(&k.outbox)
+            .arg(user.as_str())
+            .arg(coupon.as_str())
+            .arg(idempotency_key.unwrap_or(""))
+            .arg(c.id.as_str())
+            .arg(shard);
+        let mut pipe = redis::pipe();
+        pipe.add_command(evalsha).cmd("WAIT").arg(1).arg(wait.as_millis() as u64);
+        let mut conn = self.conn.clone();
+        let mut loaded = false;
+        let (v, acked): (Value, i64) = loop {
+            match self.bounded(pipe.query_async(&mut conn)).await {
+                Err(StockError::Redis(e)) if !loaded && e.code() == Some("NOSCRIPT") => {
+                    // A restarted node or a promoted replica: load, retry once.
+                    self.bounded(self.scripts.claim.load_async(&mut conn)).await?;
+                    loaded = true;
+                }
+                r => break r?,
+            }
+        };
+        let claim = parse_claim_reply(&v)?;
+        if let ShardClaim::Granted(r) | ShardClaim::Replayed(r) = &claim
+            && acked < 1
+        {
+            tracing::warn!(coupon = %r.id, acked, ?wait, "no replica acknowledged a grant in time: answering 503 (maybe granted)");
+            return Err(StockError::NotReplicated { coupon: r.id.clone(), acked, wait });
+        }
+        Ok(claim)
     }
 
     /// A claim for `user`: on the home shard, borrowing stock from the other
@@ -380,14 +424,8 @@ impl StockStore {
         let home = home_shard(user.as_str(), c.shards());
         for _ in 0..MAX_ROUNDS {
             match self.claim_on_shard(c, home, user, coupon, idempotency_key).await? {
-                ShardClaim::Granted(r) => {
-                    self.confirm_replicated(&self.shard_keys(c, home).hash, &r.id).await?;
-                    return Ok(ClaimOutcome::Granted(r));
-                }
-                ShardClaim::Replayed(r) => {
-                    self.confirm_replicated(&self.shard_keys(c, home).hash, &r.id).await?;
-                    return Ok(ClaimOutcome::Replayed(r));
-                }
+                ShardClaim::Granted(r) => return Ok(ClaimOutcome::Granted(r)),
+                ShardClaim::Replayed(r) => return Ok(ClaimOutcome::Replayed(r)),
                 ShardClaim::Holding(ids) => return Ok(ClaimOutcome::Holding(ids)),
                 ShardClaim::NotStarted { starts_ms } => {
                     return Ok(ClaimOutcome::NotStarted { starts_ms });

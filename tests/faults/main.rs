@@ -431,6 +431,14 @@ fn master_and_replica(nodes: &str) -> (u16, u16) {
     panic!("no master with a healthy replica in:\n{nodes}");
 }
 
+/// Whether the node on `port` is a master now.
+async fn master_and_replica_roles(port: u16) -> bool {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let info: String = redis::cmd("INFO").arg("replication").query_async(&mut conn).await.unwrap();
+    info.lines().any(|l| l.trim() == "role:master")
+}
+
 /// The process id of the Redis node on `port`.
 async fn redis_pid(port: u16) -> u32 {
     let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
@@ -519,7 +527,7 @@ async fn replicated_claims_survive_a_master_failover() {
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let env = [("FLASHGRAB_DURABILITY", "replicated"), ("FLASHGRAB_REPLICA_WAIT_MS", "50"), ("FLASHGRAB_IP_RATE", "0")];
-    let mut child = spawn_binary_with(&["serve"], &prefix, &db_name, port, &env);
+    let mut child = KillOnDrop(spawn_binary_with(&["serve"], &prefix, &db_name, port, &env));
     wait_healthy(&app.client, &base).await;
     readyz_until(&app.client, &base, 30, "became ready", |s, _| s == StatusCode::OK).await;
 
@@ -539,29 +547,53 @@ async fn replicated_claims_survive_a_master_failover() {
     .await;
     assert_eq!(down["mysql"], "ok", "{down}");
     readyz_until(&app.client, &base, 60, "became ready after the failover", |s, _| s == StatusCode::OK).await;
+    let promoted = master_and_replica_roles(replica).await;
+    assert!(promoted, "/readyz said ok but the replica {replica} was not promoted (master {master} is dead)");
 
     // The promoted replica has no replica of its own until the old master
     // is back: its shards answer 503 in replicated mode (fail closed).
     stack(&["start-node", &master.to_string()]);
+    // Serving on every shard again. A claim answered 503 ("maybe granted")
+    // and retried gets its coupon back as already_claimed.
+    let (mut after, mut pointed_at) = (Vec::new(), Vec::new());
     for i in 0..12 {
         let got = claim_until_answered_at(&app, &base, &campaign, &format!("after-{i}")).await;
-        assert_eq!(got.0, StatusCode::CREATED, "{}", got.1);
+        match got.0 {
+            StatusCode::CREATED => after.push(got.1["id"].as_str().unwrap().to_owned()),
+            StatusCode::CONFLICT if got.1["error"] == "already_claimed" => {
+                pointed_at.push(got.1["coupon_id"].as_str().unwrap().to_owned())
+            }
+            other => panic!("after the failover: {other} {}", got.1),
+        }
     }
-    let granted = burst.finish().await;
+    assert!(!after.is_empty(), "no claim was granted after the failover");
+    let mut granted = burst.finish().await;
     assert!(granted.len() > 50, "the burst granted claims ({})", granted.len());
+    granted.extend(after);
 
     let c = app.stock_campaign(&campaign).await;
     let in_redis: HashSet<String> = app.stock.campaign_records(&c).await.unwrap().into_iter().map(|r| r.id).collect();
+    for id in &pointed_at {
+        assert!(in_redis.contains(id), "already_claimed points at {id}, which is not in Redis");
+    }
     let lost: Vec<&String> = granted.iter().filter(|id| !in_redis.contains(*id)).collect();
     assert!(lost.is_empty(), "{} claims answered 201 are gone from Redis after the failover: {lost:?}", lost.len());
     assert_exactly_once(&app, &campaign, &granted).await;
 
-    kill9(&mut child);
+    kill9(&mut child.0);
     // Give the shard its original master back (coordinated, loses nothing).
     drop(restore);
     stack(&["failover", &master.to_string()]);
     stack(&["status"]);
     app.cleanup().await;
+}
+
+/// A child process killed (-9) when the test ends, even by a panic.
+struct KillOnDrop(Child);
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        kill9(&mut self.0);
+    }
 }
 
 /// [`claim_until_answered`] against another base URL (a child process).

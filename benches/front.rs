@@ -31,7 +31,7 @@ fn front(c: &mut Criterion) {
     // Limits on (defaults), the per-address one raised so the one address
     // of the bench is checked but never refused, as in scripts/bench-front.
     let mut settings = ProtectSettings::default();
-    settings.ip_rate = Some(flashgrab::config::Rate { per_sec: 10_000_000, burst: 10_000_000 });
+    settings.ip_rate = Some(flashgrab::config::Rate { per_sec: 1_000_000_000, burst: 1_000_000_000 });
     settings.claim_rate = Some(flashgrab::config::Rate { per_sec: 1_000_000_000, burst: 1_000_000_000 });
     let protection = Protection::new(&settings);
     let metrics = HttpMetrics::default();

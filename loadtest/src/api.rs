@@ -2,12 +2,14 @@
 //! read its stats, list a user's coupons. The claim and redeem requests are
 //! built in `engine` (hot path).
 
+use std::time::{Duration, Instant};
+
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use chrono::{SecondsFormat, Utc};
 use http_body_util::Full;
-use hyper::Request;
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use hyper::{Request, StatusCode};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -42,6 +44,33 @@ pub struct Stats {
     pub redeemed: u64,
     #[serde(default)]
     pub discount_total_cents: i64,
+}
+
+/// How long the calls outside the load keep retrying a 503, a 429 or a
+/// transport error: a breaker that opened during a Redis failover, for
+/// example, must not turn a run's verdict into "stats unreadable".
+const RETRY_FOR: Duration = Duration::from_secs(20);
+
+/// Sends the request `build` makes, again after a pause (200 ms doubling to
+/// 2 s) while the answer is 503, 429 or no answer, for up to [`RETRY_FOR`].
+async fn send_retrying(
+    http: &Http,
+    build: impl Fn() -> Result<Request<Full<Bytes>>, hyper::http::Error>,
+) -> anyhow::Result<(StatusCode, Bytes)> {
+    let deadline = Instant::now() + RETRY_FOR;
+    let mut pause = Duration::from_millis(200);
+    loop {
+        let answer = http.send(build()?).await;
+        let again = match &answer {
+            Ok((status, _)) => matches!(status.as_u16(), 429 | 503),
+            Err(_) => true,
+        };
+        if !again || Instant::now() + pause > deadline {
+            return answer.map_err(describe);
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(2));
+    }
 }
 
 fn describe(e: SendError) -> anyhow::Error {
@@ -83,11 +112,17 @@ pub async fn create_campaign(
     if let Some(s) = spec.shards {
         body["shards"] = json!(s);
     }
-    let req = Request::post(format!("{base}/v1/campaigns"))
-        .header(AUTHORIZATION, format!("Bearer {admin_token}"))
-        .header(CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(body.to_string())))?;
-    let (status, reply) = http.send(req).await.map_err(describe).context("POST /v1/campaigns")?;
+    let body = Bytes::from(body.to_string());
+    // A retried creation after a lost answer may leave an unused campaign:
+    // harmless, the run uses the one whose id it got.
+    let (status, reply) = send_retrying(http, || {
+        Request::post(format!("{base}/v1/campaigns"))
+            .header(AUTHORIZATION, format!("Bearer {admin_token}"))
+            .header(CONTENT_TYPE, "application/json")
+            .body(Full::new(body.clone()))
+    })
+    .await
+    .context("POST /v1/campaigns")?;
     if status.as_u16() != 201 {
         bail!("POST /v1/campaigns answered {status}: {}", String::from_utf8_lossy(&reply));
     }
@@ -101,10 +136,13 @@ pub async fn create_campaign(
 
 pub async fn fetch_stats(http: &Http, base: &str, admin_token: &str, campaign: &str) -> anyhow::Result<Stats> {
     let path = format!("/v1/campaigns/{campaign}/stats");
-    let req = Request::get(format!("{base}{path}"))
-        .header(AUTHORIZATION, format!("Bearer {admin_token}"))
-        .body(Full::new(Bytes::new()))?;
-    let (status, reply) = http.send(req).await.map_err(describe).with_context(|| format!("GET {path}"))?;
+    let (status, reply) = send_retrying(http, || {
+        Request::get(format!("{base}{path}"))
+            .header(AUTHORIZATION, format!("Bearer {admin_token}"))
+            .body(Full::new(Bytes::new()))
+    })
+    .await
+    .with_context(|| format!("GET {path}"))?;
     if status.as_u16() != 200 {
         bail!("GET {path} answered {status}: {}", String::from_utf8_lossy(&reply));
     }
@@ -114,9 +152,11 @@ pub async fn fetch_stats(http: &Http, base: &str, admin_token: &str, campaign: &
 /// The coupon ids `GET /v1/me/coupons?campaign_id=` lists for one user.
 pub async fn my_coupons(http: &Http, base: &str, auth: &HeaderValue, campaign: &str) -> anyhow::Result<Vec<String>> {
     let path = format!("/v1/me/coupons?campaign_id={campaign}");
-    let req =
-        Request::get(format!("{base}{path}")).header(AUTHORIZATION, auth.clone()).body(Full::new(Bytes::new()))?;
-    let (status, reply) = http.send(req).await.map_err(describe).with_context(|| format!("GET {path}"))?;
+    let (status, reply) = send_retrying(http, || {
+        Request::get(format!("{base}{path}")).header(AUTHORIZATION, auth.clone()).body(Full::new(Bytes::new()))
+    })
+    .await
+    .with_context(|| format!("GET {path}"))?;
     if status.as_u16() != 200 {
         bail!("GET {path} answered {status}: {}", String::from_utf8_lossy(&reply));
     }

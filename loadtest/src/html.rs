@@ -321,7 +321,7 @@ pub fn render(r: &Report) -> String {
     let lag = lag_series(p);
     let lag = [Series { name: "oldest unpersisted claim".into(), points: lag.iter().map(|l| (l[0], l[2])).collect() }];
     h.push_str(&line_chart("Persistence lag", "seconds since start", "seconds", &lag, XAxis::Linear));
-    h.push_str("<p>Lag: how long the oldest claim not yet in MySQL has waited, from the stats endpoint polled during the run (resolution: the poll interval).</p></body></html>\n");
+    h.push_str("<p>Lag: how long the oldest claim not yet in MySQL has waited, from the stats endpoint polled during the run (the moment that claim was made is interpolated between two polls).</p></body></html>\n");
     h
 }
 

@@ -95,12 +95,14 @@ pub async fn poll(
     }
 }
 
-/// Persistence lag at each sample: `[t_s, backlog rows, lag seconds]`, where
-/// the lag is how long the oldest claim not yet persisted has waited, as far
-/// as the samples tell: the time since the first sample whose `claimed`
-/// exceeded the current `persisted` (0 when nothing is waiting).
+/// Persistence lag at each sample: `[t_s, backlog rows, lag seconds]`. The
+/// lag is how long the oldest claim not yet persisted has waited: claim
+/// number `persisted + 1` was made when `claimed` passed `persisted`, a time
+/// interpolated linearly between the two polls around it (0 when nothing
+/// waits). Its resolution is bounded by the poll interval only where the
+/// claim rate changes between polls.
 pub fn lag_series(samples: &[StatsSample]) -> Vec<[f64; 3]> {
-    let mut first = 0usize;
+    let mut i = 0usize;
     samples
         .iter()
         .map(|s| {
@@ -108,13 +110,20 @@ pub fn lag_series(samples: &[StatsSample]) -> Vec<[f64; 3]> {
             if backlog == 0 {
                 return [s.t_s, 0.0, 0.0];
             }
-            // `persisted` only grows, so the sample found last time is a
-            // lower bound for this one.
-            while first < samples.len() && samples[first].claimed <= s.persisted {
-                first += 1;
+            // The first sample whose `claimed` exceeds this `persisted`;
+            // `persisted` only grows, so the search goes on from the last one.
+            while i < samples.len() && samples[i].claimed <= s.persisted {
+                i += 1;
             }
-            let since = samples.get(first).map_or(s.t_s, |f| f.t_s.min(s.t_s));
-            [s.t_s, backlog as f64, s.t_s - since]
+            let made = match (i.checked_sub(1).map(|k| &samples[k]), samples.get(i)) {
+                (Some(a), Some(b)) if b.claimed > a.claimed => {
+                    let share = (s.persisted.saturating_sub(a.claimed)) as f64 / (b.claimed - a.claimed) as f64;
+                    a.t_s + share * (b.t_s - a.t_s)
+                }
+                (_, Some(b)) => b.t_s,
+                (_, None) => s.t_s,
+            };
+            [s.t_s, backlog as f64, (s.t_s - made).max(0.0)]
         })
         .collect()
 }
@@ -132,13 +141,21 @@ mod tests {
         let samples = [s(0.0, 0, 0), s(1.0, 100, 0), s(2.0, 200, 50), s(3.0, 200, 150), s(4.0, 200, 200)];
         let lag = lag_series(&samples);
         assert_eq!(lag[0], [0.0, 0.0, 0.0]);
-        // Claims 1..=100 appeared by t=1 and none is persisted.
-        assert_eq!(lag[1], [1.0, 100.0, 0.0]);
-        // Claim 51 appeared by t=1; it has waited since.
-        assert_eq!(lag[2], [2.0, 150.0, 1.0]);
-        // Claim 151 appeared by t=2.
-        assert_eq!(lag[3], [3.0, 50.0, 1.0]);
+        // Claim 1 was made just after t=0 (claims 1..=100 between 0 and 1).
+        assert_eq!(lag[1], [1.0, 100.0, 1.0]);
+        // Claim 51 was made at t=0.5.
+        assert_eq!(lag[2], [2.0, 150.0, 1.5]);
+        // Claim 151 was made at t=1.5.
+        assert_eq!(lag[3], [3.0, 50.0, 1.5]);
         assert_eq!(lag[4], [4.0, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn steady_flow_lag_is_backlog_over_rate() {
+        // 1,000 claims/s, persisted trailing by 200 rows: 0.2 s.
+        let samples: Vec<_> = (0..10).map(|k| s(k as f64 * 0.5, 500 * k, (500 * k).saturating_sub(200))).collect();
+        let lag = lag_series(&samples);
+        assert!(lag[5..].iter().all(|l| (l[2] - 0.2).abs() < 1e-9), "{lag:?}");
     }
 
     #[test]

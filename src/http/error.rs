@@ -3,7 +3,6 @@
 //! are logged here with their source and reach the client as a bare 503 or
 //! 500 that reveals nothing (no SQL, no Redis reply, no stack).
 
-use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
@@ -136,12 +135,32 @@ impl From<ServiceError> for ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+impl ApiError {
+    /// The JSON body, serialized.
+    fn body(&self) -> (StatusCode, Vec<u8>) {
         let (status, code, message, mut body) = self.parts();
         body.insert("error".into(), json!(code));
         body.insert("message".into(), json!(message));
-        let mut resp = (status, Json(Value::Object(body))).into_response();
+        (status, serde_json::to_vec(&Value::Object(body)).expect("a JSON map always serializes"))
+    }
+}
+
+/// The answers of the in-memory fast paths, serialized once: during a flood
+/// after a sell-out or an end they are nearly all of the traffic.
+static SOLD_OUT_BODY: std::sync::LazyLock<bytes::Bytes> =
+    std::sync::LazyLock::new(|| ApiError::SoldOut.body().1.into());
+static ENDED_BODY: std::sync::LazyLock<bytes::Bytes> = std::sync::LazyLock::new(|| ApiError::Ended.body().1.into());
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let json = [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))];
+        match self {
+            ApiError::SoldOut => return (StatusCode::GONE, json, SOLD_OUT_BODY.clone()).into_response(),
+            ApiError::Ended => return (StatusCode::GONE, json, ENDED_BODY.clone()).into_response(),
+            _ => {}
+        }
+        let (status, body) = self.body();
+        let mut resp = (status, json, body).into_response();
         if let ApiError::RateLimited { retry_after_secs } | ApiError::Unavailable { retry_after_secs } = self {
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
         }

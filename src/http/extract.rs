@@ -110,12 +110,21 @@ impl FromRequestParts<AppState> for User {
             ApiError::Unauthorized
         })?;
         // Per-user limit: only once the token is known good, so nobody can
-        // spend another user's allowance.
-        state
-            .protection
-            .limits
-            .check_user(&user)
-            .map_err(|r| ApiError::RateLimited { retry_after_secs: r.retry_after_secs() })?;
+        // spend another user's allowance. A claim takes its cell in the
+        // claim service instead, behind the fast paths: a claim answered
+        // from memory costs nothing worth limiting, and a sold-out flood of
+        // a million distinct users then adds no key to the limiter.
+        let is_claim = parts
+            .extensions
+            .get::<axum::extract::MatchedPath>()
+            .is_some_and(|p| p.as_str() == super::protect::CLAIM_ROUTE);
+        if !is_claim {
+            state
+                .protection
+                .limits
+                .check_user(&user)
+                .map_err(|r| ApiError::RateLimited { retry_after_secs: r.retry_after_secs() })?;
+        }
         Ok(User(user))
     }
 }

@@ -155,7 +155,9 @@ impl ClaimService {
         if let Some(answer) = self.campaigns.cached(campaign_id).and_then(|c| window_answer(&c, now)) {
             return Ok(answer);
         }
-        // Only now does the claim need the backends.
+        // Only now does the claim need the backends: the user's allowance
+        // (see the `User` extractor), the instance's claim rate, a slot.
+        self.protection.limits.check_user(user).map_err(ServiceError::RateLimited)?;
         self.protection.limits.check_claim().map_err(ServiceError::RateLimited)?;
         let _permit = self.protection.admission.enter()?;
         let Some(campaign) = self.campaigns.find(campaign_id).await? else {

@@ -511,13 +511,17 @@ async fn claim_at(app: &TestApp, base: &str, campaign: &str, user: &str) -> (Sta
 }
 
 /// `replicated` mode through a crash of a master mid-burst. Its replica is
-/// frozen (SIGSTOP) for a moment first, so the master's last grants exist
-/// nowhere else when it dies: in `fast` mode those were answered 201 and
-/// vanish with the failover; in `replicated` mode their WAIT finds no
-/// replica and they are answered 503 ("maybe granted"), so every 201 is
-/// still in Redis afterwards, and persisted exactly once. Meanwhile
-/// `/readyz` says the cluster is down, then ok once the replica took over
-/// and the client refreshed its slot map (and reloaded the scripts).
+/// frozen (SIGSTOP) for a moment first: it acknowledges nothing, so the
+/// master's grants meanwhile find no replica in their WAIT and are answered
+/// 503 ("maybe granted"), then the master is killed -9 and the replica
+/// promoted. Every 201 must still be in Redis afterwards, and persisted
+/// exactly once. Meanwhile `/readyz` says the cluster is down, then ok once
+/// the replica took over and the client refreshed its slot map (and
+/// reloaded the scripts on the promoted node).
+///
+/// Known gap: a frozen replica still receives the stream into its socket
+/// buffer, so the same run in `fast` mode loses nothing either; this test
+/// shows that `replicated` keeps its promise, not that `fast` breaks it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicated_claims_survive_a_master_failover() {
     let _guard = STACK.lock().await;

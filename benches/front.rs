@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use flashgrab::auth::JwtKeys;
-use flashgrab::config::ProtectSettings;
+use flashgrab::config::{ProtectSettings, Rate};
 use flashgrab::domain::UserId;
 use flashgrab::http::metrics::{ClaimLabel, HttpMetrics};
 use flashgrab::protect::Protection;
@@ -30,9 +30,8 @@ fn front(c: &mut Criterion) {
     let now = chrono::Utc::now().timestamp();
     // Limits on (defaults), the per-address one raised so the one address
     // of the bench is checked but never refused, as in scripts/bench-front.
-    let mut settings = ProtectSettings::default();
-    settings.ip_rate = Some(flashgrab::config::Rate { per_sec: 1_000_000_000, burst: 1_000_000_000 });
-    settings.claim_rate = Some(flashgrab::config::Rate { per_sec: 1_000_000_000, burst: 1_000_000_000 });
+    let huge = Some(Rate { per_sec: 1_000_000_000, burst: 1_000_000_000 });
+    let settings = ProtectSettings { ip_rate: huge, claim_rate: huge, ..Default::default() };
     let protection = Protection::new(&settings);
     let metrics = HttpMetrics::default();
     let ip: IpAddr = "127.0.0.1".parse().unwrap();

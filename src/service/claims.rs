@@ -144,17 +144,39 @@ impl ClaimService {
         idempotency_key: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<ClaimResult> {
+        if let Some(answer) = self.answer_from_memory(campaign_id, idempotency_key, now) {
+            return Ok(answer);
+        }
+        // Boxed: the backend part is a large state machine; kept out of line,
+        // the fast paths above do not build and move it on every request.
+        Box::pin(self.claim_from_redis(campaign_id, user, idempotency_key, now)).await
+    }
+
+    /// The fast paths: what can be answered without any I/O.
+    fn answer_from_memory(
+        &self,
+        campaign_id: &CampaignId,
+        idempotency_key: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Option<ClaimResult> {
         // A retry with an Idempotency-Key must still find its coupon, so only
         // key-less claims take the shortcut.
         if idempotency_key.is_none() && self.is_sold_out(campaign_id) {
-            return Ok(ClaimResult::SoldOut);
+            return Some(ClaimResult::SoldOut);
         }
         // Before the start, after the end, once closed: from the cached
         // terms, with or without a key (the script checks the window before
         // the key too).
-        if let Some(answer) = self.campaigns.cached(campaign_id).and_then(|c| window_answer(&c, now)) {
-            return Ok(answer);
-        }
+        self.campaigns.cached(campaign_id).and_then(|c| window_answer(&c, now))
+    }
+
+    async fn claim_from_redis(
+        &self,
+        campaign_id: &CampaignId,
+        user: &UserId,
+        idempotency_key: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<ClaimResult> {
         // Only now does the claim need the backends: the user's allowance
         // (see the `User` extractor), the instance's claim rate, a slot.
         self.protection.limits.check_user(user).map_err(ServiceError::RateLimited)?;

@@ -15,13 +15,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::options::BasicPublishOptions;
+use lapin::{BasicProperties, Channel};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::topology::Topology;
-use super::{QueueError, amqp_call};
+use super::{QueueError, amqp_call, open_confirmed_channel};
 use crate::db::redemptions::RedemptionEvent;
 use crate::db::{Db, DbError};
 use crate::metrics::{Backoff, PipelineMetrics, pause_after_failure};
@@ -96,10 +96,7 @@ impl EventPublisher {
 
     async fn session(&self, shutdown: &CancellationToken, backoff: &mut Backoff) -> Result<(), EventsError> {
         let t = self.amqp_timeout;
-        let conn = amqp_call(t, Connection::connect(&self.amqp_url, ConnectionProperties::default())).await?;
-        let ch = amqp_call(t, conn.create_channel()).await?;
-        amqp_call(t, ch.confirm_select(ConfirmSelectOptions::default())).await?;
-        amqp_call(t, self.topology.declare(&ch)).await?;
+        let (conn, ch) = open_confirmed_channel(&self.amqp_url, &self.topology, t).await?;
         backoff.reset();
         loop {
             while self.pass(&ch).await? == BATCH as usize {}

@@ -38,6 +38,21 @@ pub async fn amqp_call<T>(
     tokio::time::timeout(timeout, call).await.map_err(|_| QueueError::Timeout(timeout))?.map_err(QueueError::Amqp)
 }
 
+/// Connects to the broker, opens a channel in publisher-confirm mode and
+/// declares the topology, each step bounded by `timeout`: the start of every
+/// session of the relay, the persist worker and the event publisher.
+pub async fn open_confirmed_channel(
+    url: &str,
+    topology: &topology::Topology,
+    timeout: std::time::Duration,
+) -> Result<(lapin::Connection, lapin::Channel), QueueError> {
+    let conn = amqp_call(timeout, lapin::Connection::connect(url, lapin::ConnectionProperties::default())).await?;
+    let ch = amqp_call(timeout, conn.create_channel()).await?;
+    amqp_call(timeout, ch.confirm_select(lapin::options::ConfirmSelectOptions::default())).await?;
+    amqp_call(timeout, topology.declare(&ch)).await?;
+    Ok((conn, ch))
+}
+
 /// Errors of the AMQP side, with their source.
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {

@@ -4,16 +4,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel};
 use redis::Value;
 use redis::cluster_async::ClusterConnection;
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use tokio_util::sync::CancellationToken;
 
 use super::topology::{CLAIM_ROUTING_KEY, Topology};
-use super::{QueueError, amqp_call};
+use super::{QueueError, amqp_call, open_confirmed_channel};
 use crate::domain::CouponRecord;
 use crate::metrics::{Backoff, PipelineMetrics, pause_after_failure};
 use crate::stock::StockStore;
@@ -175,10 +175,7 @@ impl Relay {
 
     async fn session(&self, shutdown: &CancellationToken, backoff: &mut Backoff) -> Result<(), RelayError> {
         let t = self.amqp_timeout;
-        let conn = amqp_call(t, Connection::connect(&self.amqp_url, ConnectionProperties::default())).await?;
-        let ch = amqp_call(t, conn.create_channel()).await?;
-        amqp_call(t, ch.confirm_select(ConfirmSelectOptions::default())).await?;
-        amqp_call(t, self.topology.declare(&ch)).await?;
+        let (conn, ch) = open_confirmed_channel(&self.amqp_url, &self.topology, t).await?;
         let mut redis = self.stock.connection();
         self.ensure_groups(&mut redis).await?;
         tracing::info!(consumer = %self.consumer, "outbox relay connected");

@@ -5,11 +5,9 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
-};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
+use lapin::{BasicProperties, Channel, Consumer};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
@@ -17,7 +15,7 @@ use crate::db::Db;
 use crate::domain::{CampaignId, CouponId, CouponRecord, UserId};
 use crate::metrics::{Backoff, PipelineMetrics, pause_after_failure};
 use crate::outbox::topology::Topology;
-use crate::outbox::{QueueError, amqp_call};
+use crate::outbox::{QueueError, amqp_call, open_confirmed_channel};
 
 /// Messages the broker may hand us before we ack: each carries up to 2000
 /// claims (`outbox::relay::MESSAGE_CLAIMS`), so at most ~64k claims are held
@@ -139,10 +137,7 @@ impl PersistWorker {
 
     async fn session(&self, shutdown: &CancellationToken, backoff: &mut Backoff) -> Result<(), PersistError> {
         let t = self.amqp_timeout;
-        let conn = amqp_call(t, Connection::connect(&self.amqp_url, ConnectionProperties::default())).await?;
-        let ch = amqp_call(t, conn.create_channel()).await?;
-        amqp_call(t, ch.confirm_select(ConfirmSelectOptions::default())).await?;
-        amqp_call(t, self.topology.declare(&ch)).await?;
+        let (conn, ch) = open_confirmed_channel(&self.amqp_url, &self.topology, t).await?;
         amqp_call(t, ch.basic_qos(PREFETCH, BasicQosOptions::default())).await?;
         let mut consumer = amqp_call(
             t,

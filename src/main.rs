@@ -153,14 +153,30 @@ async fn persist(settings: Settings) -> ExitCode {
         }
     };
     let metrics = std::sync::Arc::new(flashgrab::metrics::PipelineMetrics::default());
-    let worker =
-        flashgrab::persist::worker::PersistWorker::new(db, settings.amqp_url.clone(), &settings.key_prefix, metrics);
+    let worker = flashgrab::persist::worker::PersistWorker::new(
+        db,
+        settings.amqp_url.clone(),
+        &settings.key_prefix,
+        metrics.clone(),
+    );
     let token = tokio_util::sync::CancellationToken::new();
     let stop = token.clone();
     tokio::spawn(async move {
         startup::shutdown_signal().await;
         stop.cancel();
     });
+    // /healthz and /metrics for Prometheus; a worker next to a `serve` on
+    // the same address just goes without (the work matters, not the port).
+    match tokio::net::TcpListener::bind(settings.listen).await {
+        Ok(listener) => {
+            let app = flashgrab::http::metrics::worker_router(metrics);
+            let stopped = token.clone();
+            tokio::spawn(async move {
+                let _ = axum::serve(listener, app).with_graceful_shutdown(stopped.cancelled_owned()).await;
+            });
+        }
+        Err(e) => tracing::warn!(addr = %settings.listen, error = %e, "persist worker: no /metrics listener"),
+    }
     worker.run(token).await;
     ExitCode::SUCCESS
 }

@@ -148,8 +148,8 @@ impl Db {
 
     /// Every coupon row of a campaign (reconcile).
     pub async fn campaign_coupons(&self, campaign_id: &str) -> Result<Vec<CouponRow>> {
-        let q = sqlx::query(concat!("SELECT ", coupon_columns!(), " FROM coupons WHERE campaign_id = ?"))
-        .bind(campaign_id);
+        let q =
+            sqlx::query(concat!("SELECT ", coupon_columns!(), " FROM coupons WHERE campaign_id = ?")).bind(campaign_id);
         let rows = self.run(q.fetch_all(self.pool())).await?;
         rows.iter().map(row_of).collect::<std::result::Result<_, sqlx::Error>>().map_err(Into::into)
     }

@@ -229,10 +229,10 @@ pub fn render(s: &AppState) -> String {
     let refused = [
         ("ip", limits.ips.as_ref().map_or(0, |l| l.refused())),
         ("user", limits.users.as_ref().map_or(0, |l| l.refused())),
-        ("claims", limits.claims.as_ref().map_or(0, |l| l.refused())),
+        ("global", limits.claims.as_ref().map_or(0, |l| l.refused())),
     ];
-    for (scope, n) in refused {
-        let _ = writeln!(out, "flashgrab_rate_limited_total{{scope=\"{scope}\"}} {n}");
+    for (limiter, n) in refused {
+        let _ = writeln!(out, "flashgrab_rate_limited_total{{limiter=\"{limiter}\"}} {n}");
     }
     family(&mut out, "flashgrab_rate_limiter_keys", "gauge", "Keys held by each keyed rate limiter.");
     for (scope, n) in
@@ -260,7 +260,13 @@ pub fn render(s: &AppState) -> String {
         "Requests answered 503 because too many were in flight.",
         admission.shed(),
     );
-    sample(&mut out, "flashgrab_in_flight", "gauge", "Requests holding an admission slot now.", admission.in_flight());
+    sample(
+        &mut out,
+        "flashgrab_in_flight_requests",
+        "gauge",
+        "Requests holding an admission slot now.",
+        admission.in_flight(),
+    );
     sample(&mut out, "flashgrab_in_flight_max", "gauge", "Admission slots (FLASHGRAB_MAX_IN_FLIGHT).", admission.max());
     let breaker = s.stock.breaker();
     sample(
@@ -269,6 +275,13 @@ pub fn render(s: &AppState) -> String {
         "gauge",
         "Redis circuit breaker: 0 closed, 1 open, 2 half-open.",
         breaker.state() as u8,
+    );
+    sample(
+        &mut out,
+        "flashgrab_breaker_open",
+        "gauge",
+        "1 while the Redis circuit breaker is not closed (open or half-open), else 0.",
+        u8::from(breaker.state() as u8 != 0),
     );
     sample(
         &mut out,
@@ -285,15 +298,15 @@ pub fn render(s: &AppState) -> String {
         breaker.rejected(),
     );
 
-    let p = &s.metrics;
+    render_pipeline(&s.metrics, &mut out);
+    out
+}
+
+/// The claim pipeline's figures (relay and persist worker of this process).
+pub fn render_pipeline(p: &PipelineMetrics, out: &mut String) {
     let get = PipelineMetrics::get;
     for (name, kind, help, v) in [
-        (
-            "flashgrab_outbox_relayed_total",
-            "counter",
-            "Claim records published to RabbitMQ and confirmed.",
-            get(&p.relayed),
-        ),
+        ("flashgrab_relayed_total", "counter", "Claim records published to RabbitMQ and confirmed.", get(&p.relayed)),
         (
             "flashgrab_outbox_published_batches_total",
             "counter",
@@ -321,28 +334,75 @@ pub fn render(s: &AppState) -> String {
             get(&p.errors),
         ),
     ] {
-        sample(&mut out, name, kind, help, v);
+        sample(out, name, kind, help, v);
     }
     sample(
-        &mut out,
-        "flashgrab_outbox_oldest_age_seconds",
+        out,
+        "flashgrab_outbox_age_seconds",
         "gauge",
         "Age of the oldest outbox entry in the last relay pass.",
         get(&p.outbox_age_ms) as f64 / 1000.0,
     );
     sample(
-        &mut out,
+        out,
         "flashgrab_persist_lag_seconds",
         "gauge",
         "Grant-to-commit lag of the newest persisted batch.",
         get(&p.persist_lag_ms) as f64 / 1000.0,
     );
-    out
+}
+
+/// What `flashgrab persist` serves on `FLASHGRAB_LISTEN`: `/healthz` and
+/// the pipeline part of `/metrics`, so a worker running alone is scraped
+/// like an instance.
+pub fn worker_router(metrics: Arc<PipelineMetrics>) -> axum::Router {
+    axum::Router::new().route("/healthz", axum::routing::get(|| async { "ok" })).route(
+        "/metrics",
+        axum::routing::get(move || {
+            let metrics = metrics.clone();
+            async move {
+                let mut out = String::with_capacity(4096);
+                render_pipeline(&metrics, &mut out);
+                ([(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out)
+            }
+        }),
+    )
 }
 
 /// `GET /metrics`.
 pub async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
-    ([(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], render(&s))
+    let mut out = render(&s);
+    stock_remaining(&s, &mut out).await;
+    ([(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out)
+}
+
+/// Live campaigns watched by the stock gauge per scrape, at most.
+const STOCK_GAUGE_CAMPAIGNS: usize = 50;
+
+/// `flashgrab_stock_remaining{campaign_id}` of the live campaigns (read
+/// from the shards at scrape time, so every instance reports the same
+/// value: aggregate with max, not sum). Left out when a store is down: a
+/// scrape must not fail with the backends.
+async fn stock_remaining(s: &AppState, out: &mut String) {
+    let now = chrono::Utc::now();
+    let Ok(terms) = s.campaigns.list_terms().await else { return };
+    let live: Vec<_> = terms
+        .into_iter()
+        .filter(|c| c.closed_at.is_none() && c.starts_at <= now && now < c.ends_at)
+        .take(STOCK_GAUGE_CAMPAIGNS)
+        .collect();
+    let reads = live.iter().map(|c| s.stock.shard_stats(c));
+    let Ok(stats) = futures_util::future::try_join_all(reads).await else { return };
+    family(
+        out,
+        "flashgrab_stock_remaining",
+        "gauge",
+        "Units left in a live campaign (all shards, in flight included).",
+    );
+    for (c, shards) in live.iter().zip(stats) {
+        let remaining: u64 = shards.iter().map(|sh| sh.remaining).sum();
+        let _ = writeln!(out, "flashgrab_stock_remaining{{campaign_id=\"{}\"}} {remaining}", c.id);
+    }
 }
 
 #[cfg(test)]

@@ -123,7 +123,7 @@ async fn a_flooding_user_gets_429_while_others_still_claim() {
         assert_eq!(got.0, StatusCode::CREATED, "other users are not limited: {}", got.1);
     }
     let m = metrics(&app, 0).await;
-    assert_eq!(metric(&m, "flashgrab_rate_limited_total{scope=\"user\"}"), f64::from(limited));
+    assert_eq!(metric(&m, "flashgrab_rate_limited_total{limiter=\"user\"}"), f64::from(limited));
     assert_eq!(app.stats(&id).await["claimed"], granted + 20);
 }
 
@@ -186,7 +186,7 @@ async fn a_flooding_address_gets_429_and_the_proxy_header_counts_only_when_confi
     }
     assert_eq!(last, StatusCode::TOO_MANY_REQUESTS, "one forwarded client flooding is limited");
     let m = metrics(&proxied, 0).await;
-    assert!(metric(&m, "flashgrab_rate_limited_total{scope=\"ip\"}") >= 3.0, "{m}");
+    assert!(metric(&m, "flashgrab_rate_limited_total{limiter=\"ip\"}") >= 3.0, "{m}");
     assert!(metric(&m, "flashgrab_rate_limiter_keys{scope=\"ip\"}") >= 1.0, "{m}");
 }
 
@@ -253,7 +253,7 @@ async fn overload_is_shed_with_503_at_once() {
     assert!(started.elapsed() < Duration::from_secs(10), "nothing waited for a timeout");
     let m = metrics(&app, 0).await;
     assert_eq!(metric(&m, "flashgrab_shed_total"), f64::from(shed));
-    assert_eq!(metric(&m, "flashgrab_in_flight"), 0.0);
+    assert_eq!(metric(&m, "flashgrab_in_flight_requests"), 0.0);
 }
 
 // ---------------------------------------------------------------------------
@@ -706,9 +706,11 @@ async fn metrics_expose_the_front_end_and_the_pipeline() {
     for family in [
         "flashgrab_rate_limited_total",
         "flashgrab_shed_total",
-        "flashgrab_in_flight",
+        "flashgrab_in_flight_requests",
         "flashgrab_redis_breaker_state",
-        "flashgrab_outbox_relayed_total",
+        "flashgrab_breaker_open",
+        "flashgrab_relayed_total",
+        "flashgrab_outbox_age_seconds",
         "flashgrab_outbox_length",
         "flashgrab_persisted_total",
         "flashgrab_persist_lag_seconds",

@@ -285,6 +285,13 @@ pub fn render(s: &AppState) -> String {
     );
     sample(
         &mut out,
+        "flashgrab_redis_reconnects_total",
+        "counter",
+        "Redis Cluster connections rebuilt from the seed nodes after lasting trouble.",
+        s.stock.reconnects(),
+    );
+    sample(
+        &mut out,
         "flashgrab_redis_breaker_opened_total",
         "counter",
         "Times the Redis breaker opened.",

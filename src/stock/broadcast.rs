@@ -63,7 +63,7 @@ pub fn channel(prefix: &str) -> String {
 impl StockStore {
     /// Publishes `notice` to every instance of this prefix (this one too).
     pub async fn publish(&self, notice: &Notice) -> Result<()> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn.get();
         let _receivers: i64 = self
             .bounded(redis::cmd("PUBLISH").arg(channel(self.keys.prefix())).arg(notice.encode()).query_async(&mut c))
             .await?;

@@ -29,6 +29,7 @@ pub mod broadcast;
 pub mod keys;
 pub mod placement;
 pub mod rebalance;
+pub mod reconnect;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -134,8 +135,9 @@ pub struct ShardStats {
 #[derive(Clone)]
 pub struct StockStore {
     /// Multiplexed cluster connection; it follows MOVED/ASK and refreshes the
-    /// slot map on failover.
-    conn: ClusterConnection,
+    /// slot map on failover, and is rebuilt when trouble lasts (see
+    /// `reconnect`).
+    conn: Arc<reconnect::Reconnecting>,
     keys: KeyLayout,
     scripts: Scripts,
     /// Upper bound for any single Redis call.
@@ -175,7 +177,7 @@ impl StockStore {
             .await
             .map_err(|_| StockError::Timeout(timeout * 2))??;
         Ok(Self {
-            conn,
+            conn: Arc::new(reconnect::Reconnecting::new(client, conn, timeout * 2)),
             keys: KeyLayout::new(prefix),
             scripts: Scripts::new(),
             timeout,
@@ -188,6 +190,11 @@ impl StockStore {
     pub fn with_breaker(mut self, breaker: Arc<Breaker>) -> Self {
         self.breaker = breaker;
         self
+    }
+
+    /// Cluster connections rebuilt after lasting trouble (see `reconnect`).
+    pub fn reconnects(&self) -> u64 {
+        self.conn.rebuilds()
     }
 
     pub fn breaker(&self) -> &Breaker {
@@ -211,22 +218,27 @@ impl StockStore {
     /// A clone of the cluster connection, for callers outside this module
     /// that need raw commands (tests, the relay).
     pub fn connection(&self) -> ClusterConnection {
-        self.conn.clone()
+        self.conn.get()
     }
 
     /// Every call of the store goes through here: refused at once while the
     /// breaker is open, bounded by the timeout, and its outcome reported to
     /// the breaker.
     async fn bounded<T>(&self, fut: impl Future<Output = redis::RedisResult<T>>) -> Result<T> {
-        let ticket = self.breaker.admit().map_err(|_| StockError::BreakerOpen)?;
+        let ticket = self.breaker.admit().map_err(|_| {
+            self.conn.trouble();
+            StockError::BreakerOpen
+        })?;
         match tokio::time::timeout(self.timeout, fut).await {
             Ok(Ok(v)) => {
                 ticket.success();
+                self.conn.success();
                 Ok(v)
             }
             Ok(Err(e)) => {
                 if is_outage(&e) {
                     ticket.failure();
+                    self.conn.trouble();
                 } else {
                     ticket.answered();
                 }
@@ -234,6 +246,7 @@ impl StockStore {
             }
             Err(_) => {
                 ticket.failure();
+                self.conn.trouble();
                 Err(StockError::Timeout(self.timeout))
             }
         }
@@ -245,7 +258,7 @@ impl StockStore {
     /// promotion: for the cluster-node-timeout the survivors still report
     /// `cluster_state:ok` although that master's slots are unserved.
     pub async fn ping(&self) -> Result<()> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn.get();
         let info: String = self.bounded(redis::cmd("CLUSTER").arg("INFO").query_async(&mut c)).await?;
         if !info.lines().any(|l| l.trim() == "cluster_state:ok") {
             return Err(StockError::Protocol("cluster_state is not ok".into()));
@@ -253,7 +266,7 @@ impl StockStore {
         // By address: routed by slot, the client would fall back to a
         // replica (or any node) when a master's connection is gone.
         let pings = self.slot_map().await?.masters().into_iter().map(|addr| {
-            let mut c = self.conn.clone();
+            let mut c = self.conn.get();
             async move {
                 let (host, port) = addr
                     .rsplit_once(':')
@@ -269,7 +282,7 @@ impl StockStore {
 
     /// The live slot map.
     pub async fn slot_map(&self) -> Result<SlotMap> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn.get();
         let v: Value = self.bounded(redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut c)).await?;
         Ok(SlotMap::parse(&v)?)
     }
@@ -287,7 +300,7 @@ impl StockStore {
         let vdays = c.coupon.valid_for_days.unwrap_or(0);
         let writes = (0..c.shards()).map(|s| {
             let k = self.shard_keys(c, s);
-            let mut conn = self.conn.clone();
+            let mut conn = self.conn.get();
             let fields: [(&str, i64); 8] = [
                 ("remaining", c.initial_shard_stock(s) as i64),
                 ("starts_ms", c.starts_at.timestamp_millis()),
@@ -315,7 +328,7 @@ impl StockStore {
     pub async fn close_campaign(&self, c: &Campaign) -> Result<()> {
         let writes = (0..c.shards()).map(|s| {
             let k = self.shard_keys(c, s);
-            let mut conn = self.conn.clone();
+            let mut conn = self.conn.get();
             async move {
                 self.bounded(redis::cmd("HSET").arg(&k.hash).arg("closed").arg(1).query_async::<i64>(&mut conn)).await
             }
@@ -347,7 +360,7 @@ impl StockStore {
             .arg(idempotency_key.unwrap_or(""))
             .arg(c.id.as_str())
             .arg(shard);
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.get();
         let v: Value = self.bounded(inv.invoke_async(&mut conn)).await?;
         parse_claim_reply(&v)
     }
@@ -388,7 +401,7 @@ impl StockStore {
             .arg(shard);
         let mut pipe = redis::pipe();
         pipe.add_command(evalsha).cmd("WAIT").arg(1).arg(wait.as_millis() as u64);
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.get();
         let mut loaded = false;
         let (v, acked): (Value, i64) = loop {
             match self.bounded(pipe.query_async(&mut conn)).await {
@@ -461,7 +474,7 @@ impl StockStore {
     /// shard: a claim shows here the moment the script granted it.
     pub async fn user_coupons(&self, c: &Campaign, user: &UserId) -> Result<Vec<CouponRecord>> {
         let k = self.shard_keys(c, home_shard(user.as_str(), c.shards()));
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.get();
         let held: Option<String> =
             self.bounded(redis::cmd("HGET").arg(&k.holders).arg(user.as_str()).query_async(&mut conn)).await?;
         let Some(held) = held else {
@@ -483,7 +496,7 @@ impl StockStore {
     /// granted through it is at or before these ids).
     pub async fn outbox_heads(&self) -> Result<Vec<(u16, String)>> {
         let reads = (0..self.keys.buckets()).map(|b| async move {
-            let mut conn = self.conn.clone();
+            let mut conn = self.conn.get();
             let last: redis::streams::StreamRangeReply = self
                 .bounded(
                     redis::cmd("XREVRANGE")
@@ -504,7 +517,7 @@ impl StockStore {
     /// outbox (the relay deletes an entry once the broker confirmed it).
     pub async fn outbox_unrelayed(&self, heads: &[(u16, String)]) -> Result<usize> {
         let reads = heads.iter().map(|(b, id)| async move {
-            let mut conn = self.conn.clone();
+            let mut conn = self.conn.get();
             let first: redis::streams::StreamRangeReply = self
                 .bounded(
                     redis::cmd("XRANGE")
@@ -525,7 +538,7 @@ impl StockStore {
     /// with HSCAN so a big campaign does not block a node.
     pub async fn campaign_records(&self, c: &Campaign) -> Result<Vec<CouponRecord>> {
         let mut out = Vec::new();
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.get();
         for s in 0..c.shards() {
             let key = self.shard_keys(c, s).coupons;
             let mut cursor = "0".to_owned();

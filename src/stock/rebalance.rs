@@ -58,7 +58,7 @@ impl StockStore {
     /// pipeline (same slot).
     pub async fn read_shard(&self, c: &Campaign, shard: u32) -> Result<ShardSnapshot> {
         let k = self.shard_keys(c, shard);
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.get();
         let mut pipe = redis::pipe();
         // claimed = number of claim records (the script keeps no counter).
         pipe.cmd("HGET").arg(&k.hash).arg("remaining").cmd("HLEN").arg(&k.coupons).cmd("HGETALL").arg(&k.xout);
@@ -80,7 +80,7 @@ impl StockStore {
         let k = self.shard_keys(c, donor);
         let mut inv = self.scripts.take.key(&k.hash);
         inv.key(&k.xout).arg(&id).arg(want).arg(dest);
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.get();
         let taken: u64 = self.bounded(inv.invoke_async(&mut conn)).await?;
         Ok((id, taken))
     }
@@ -91,7 +91,7 @@ impl StockStore {
         let kd = self.shard_keys(c, dest);
         let mut inv = self.scripts.give.key(&kd.hash);
         inv.key(&kd.xin).arg(id).arg(units);
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.get();
         let _applied: i64 = self.bounded(inv.invoke_async(&mut conn)).await?;
         let ks = self.shard_keys(c, donor);
         let _: i64 = self.bounded(redis::cmd("HDEL").arg(&ks.xout).arg(id).query_async(&mut conn)).await?;

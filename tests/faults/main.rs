@@ -31,14 +31,7 @@ fn stack(args: &[&str]) {
 /// Claims, retrying 503s for up to ~20 s (a restarted node or a failover
 /// takes a few seconds to settle; the service must say "retry", never lie).
 async fn claim_until_answered(app: &TestApp, id: &str, user: &str) -> (StatusCode, serde_json::Value) {
-    for _ in 0..200 {
-        let got = app.claim(id, user).await;
-        if got.0 != StatusCode::SERVICE_UNAVAILABLE {
-            return got;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{user}: still 503 after 20 s");
+    claim_until_answered_at(app, &app.url(""), id, user).await
 }
 
 /// Every master is restarted in turn (its script cache is empty when it comes
@@ -600,7 +593,8 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// [`claim_until_answered`] against another base URL (a child process).
+/// Claims at `base` (this test's instance or a child process), retrying
+/// 503s for up to ~20 s.
 async fn claim_until_answered_at(app: &TestApp, base: &str, id: &str, user: &str) -> (StatusCode, serde_json::Value) {
     for _ in 0..200 {
         let got = claim_at(app, base, id, user).await;

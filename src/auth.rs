@@ -42,7 +42,22 @@ struct Header {
     alg: String,
 }
 
-#[derive(Serialize, Deserialize)]
+/// `{"alg":"HS256","typ":"JWT"}` and `{"typ":"JWT","alg":"HS256"}`,
+/// base64url without padding: the headers of nearly every HS256 token.
+const HS256_HEADERS: [&str; 2] = ["eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9", "eyJ0eXAiOiJKV1QiLCJhbGciOiJIUzI1NiJ9"];
+
+/// The claims as read on the hot path: `sub` borrowed from the payload
+/// unless it has escapes.
+#[derive(Deserialize)]
+struct BorrowedClaims<'a> {
+    #[serde(borrow)]
+    sub: std::borrow::Cow<'a, str>,
+    exp: i64,
+    #[serde(default)]
+    nbf: Option<i64>,
+}
+
+#[derive(Serialize)]
 struct Claims {
     sub: String,
     exp: i64,
@@ -63,24 +78,42 @@ impl JwtKeys {
     }
 
     /// Verifies `token` at unix time `now` and returns the user id.
+    ///
+    /// On the hot path of every claim (the sold-out flood included), so it
+    /// avoids work a correct token does not need: the two usual encodings of
+    /// the `{"alg":"HS256","typ":"JWT"}` header are recognised as text
+    /// (any other header is decoded and its `alg` checked), the signature
+    /// and payload are decoded into stack buffers, and `sub` is borrowed.
     pub fn verify(&self, token: &str, now: i64) -> Result<UserId, TokenError> {
         let mut parts = token.split('.');
         let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
             return Err(TokenError::Malformed);
         };
-        let header = URL_SAFE_NO_PAD.decode(h).map_err(|_| TokenError::Malformed)?;
-        let header: Header = serde_json::from_slice(&header).map_err(|_| TokenError::Malformed)?;
-        if header.alg != "HS256" {
-            return Err(TokenError::Algorithm);
+        if !HS256_HEADERS.contains(&h) {
+            let header = URL_SAFE_NO_PAD.decode(h).map_err(|_| TokenError::Malformed)?;
+            let header: Header = serde_json::from_slice(&header).map_err(|_| TokenError::Malformed)?;
+            if header.alg != "HS256" {
+                return Err(TokenError::Algorithm);
+            }
         }
-        let sig = URL_SAFE_NO_PAD.decode(s).map_err(|_| TokenError::Malformed)?;
+        // 32 bytes of HMAC-SHA256; the decoder wants room for its estimate.
+        let mut sig = [0u8; 48];
+        let n = URL_SAFE_NO_PAD.decode_slice(s, &mut sig).map_err(|_| TokenError::Malformed)?;
         let mut mac = self.mac.clone();
         mac.update(h.as_bytes());
         mac.update(b".");
         mac.update(p.as_bytes());
-        mac.verify_slice(&sig).map_err(|_| TokenError::Signature)?;
-        let payload = URL_SAFE_NO_PAD.decode(p).map_err(|_| TokenError::Malformed)?;
-        let claims: Claims = serde_json::from_slice(&payload).map_err(|_| TokenError::Malformed)?;
+        mac.verify_slice(&sig[..n]).map_err(|_| TokenError::Signature)?;
+        let mut stack = [0u8; 512];
+        let heap;
+        let payload: &[u8] = if p.len() <= 680 {
+            let n = URL_SAFE_NO_PAD.decode_slice(p, &mut stack).map_err(|_| TokenError::Malformed)?;
+            &stack[..n]
+        } else {
+            heap = URL_SAFE_NO_PAD.decode(p).map_err(|_| TokenError::Malformed)?;
+            &heap
+        };
+        let claims: BorrowedClaims = serde_json::from_slice(payload).map_err(|_| TokenError::Malformed)?;
         if now >= claims.exp {
             return Err(TokenError::Expired);
         }
@@ -118,6 +151,41 @@ mod tests {
     use super::*;
 
     const NOW: i64 = 1_800_000_000;
+
+    #[test]
+    fn the_known_headers_are_what_they_say() {
+        for h in HS256_HEADERS {
+            let json: serde_json::Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(h).unwrap()).unwrap();
+            assert_eq!(json, serde_json::json!({"alg": "HS256", "typ": "JWT"}));
+        }
+    }
+
+    #[test]
+    fn other_headers_are_parsed_and_only_hs256_is_accepted() {
+        let k = JwtKeys::new(b"secret-secret-secret-secret-1234");
+        let forge = |header: &str, sub: &str| {
+            let h = URL_SAFE_NO_PAD.encode(header);
+            let p = URL_SAFE_NO_PAD.encode(format!(r#"{{"sub":"{sub}","exp":{}}}"#, NOW + 60));
+            let mut mac = k.mac.clone();
+            mac.update(format!("{h}.{p}").as_bytes());
+            format!("{h}.{p}.{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
+        };
+        assert_eq!(k.verify(&forge(r#"{"alg":"HS256"}"#, "a"), NOW).unwrap().as_str(), "a");
+        assert_eq!(k.verify(&forge(r#"{"alg":"none"}"#, "a"), NOW), Err(TokenError::Algorithm));
+        assert_eq!(k.verify(&forge(r#"{"alg":"RS256","typ":"JWT"}"#, "a"), NOW), Err(TokenError::Algorithm));
+        assert_eq!(k.verify(&forge("not json", "a"), NOW), Err(TokenError::Malformed));
+        // Escapes in `sub` are decoded (not borrowed) and still checked.
+        assert_eq!(k.verify(&forge(r#"{"alg":"HS256"}"#, r"caf\u00e9"), NOW).unwrap().as_str(), "café");
+        assert_eq!(k.verify(&forge(r#"{"alg":"HS256"}"#, r"a\nb"), NOW), Err(TokenError::Subject));
+        let long = "x".repeat(64);
+        let t = forge(r#"{"alg":"HS256"}"#, &long);
+        assert_eq!(k.verify(&t, NOW).unwrap().as_str(), long);
+        // A payload over the stack buffer is decoded on the heap and checked.
+        assert_eq!(k.verify(&forge(r#"{"alg":"HS256"}"#, &"y".repeat(600)), NOW), Err(TokenError::Subject));
+        // Truncated or padded signatures are refused.
+        assert!(k.verify(&t[..t.len() - 1], NOW).is_err());
+        assert!(k.verify(&format!("{t}A"), NOW).is_err());
+    }
 
     #[test]
     fn round_trip() {

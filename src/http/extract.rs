@@ -1,8 +1,10 @@
 //! Request extractors: strict JSON bodies, the admin token, the user JWT and
-//! the `Idempotency-Key` header. Each failure becomes the documented 4xx.
+//! the `Idempotency-Key` header (the last two also as plain functions, for
+//! the claim handler). Each failure becomes the documented 4xx.
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::HeaderMap;
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
@@ -76,8 +78,8 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
     }
 }
 
-fn bearer(parts: &Parts) -> Option<&str> {
-    let v = parts.headers.get(AUTHORIZATION)?.to_str().ok()?;
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = v.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
@@ -89,63 +91,57 @@ impl FromRequestParts<AppState> for Admin {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        match bearer(parts) {
+        match bearer(&parts.headers) {
             Some(t) if token_eq(t.as_bytes(), state.admin_token.as_bytes()) => Ok(Admin),
             _ => Err(ApiError::Unauthorized),
         }
     }
 }
 
-/// The authenticated user (`sub` of a valid JWT).
+/// The user of a request: the `sub` of a valid bearer JWT at unix time
+/// `now`, else 401. Shared by the `User` extractor and the claim handler.
+pub fn authenticate(headers: &HeaderMap, state: &AppState, now: i64) -> Result<UserId, ApiError> {
+    let token = bearer(headers).ok_or(ApiError::Unauthorized)?;
+    state.jwt.verify(token, now).map_err(|e| {
+        tracing::debug!(reason = %e, "user token refused");
+        ApiError::Unauthorized
+    })
+}
+
+/// The authenticated user (`sub` of a valid JWT), within the per-user rate
+/// limit. Only once the token is known good is the limit taken, so nobody
+/// can spend another user's allowance. (The claim handler authenticates by
+/// itself and takes the user's cell in the claim service, behind the fast
+/// paths: a claim answered from memory costs nothing worth limiting, and a
+/// sold-out flood of a million distinct users then adds no key.)
 pub struct User(pub UserId);
 
 impl FromRequestParts<AppState> for User {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let token = bearer(parts).ok_or(ApiError::Unauthorized)?;
-        let now = chrono::Utc::now().timestamp();
-        let user = state.jwt.verify(token, now).map_err(|e| {
-            tracing::debug!(reason = %e, "user token refused");
-            ApiError::Unauthorized
-        })?;
-        // Per-user limit: only once the token is known good, so nobody can
-        // spend another user's allowance. A claim takes its cell in the
-        // claim service instead, behind the fast paths: a claim answered
-        // from memory costs nothing worth limiting, and a sold-out flood of
-        // a million distinct users then adds no key to the limiter.
-        let is_claim = parts
-            .extensions
-            .get::<axum::extract::MatchedPath>()
-            .is_some_and(|p| p.as_str() == super::protect::CLAIM_ROUTE);
-        if !is_claim {
-            state
-                .protection
-                .limits
-                .check_user(&user)
-                .map_err(|r| ApiError::RateLimited { retry_after_secs: r.retry_after_secs() })?;
-        }
+        let user = authenticate(&parts.headers, state, chrono::Utc::now().timestamp())?;
+        state
+            .protection
+            .limits
+            .check_user(&user)
+            .map_err(|r| ApiError::RateLimited { retry_after_secs: r.retry_after_secs() })?;
         Ok(User(user))
     }
 }
 
-/// The optional `Idempotency-Key` header (1..=64 visible ASCII characters).
-pub struct IdempotencyKey(pub Option<String>);
-
-impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let Some(v) = parts.headers.get("idempotency-key") else {
-            return Ok(IdempotencyKey(None));
-        };
-        let bad = || ApiError::invalid("Idempotency-Key", "must be 1..=64 visible ASCII characters");
-        let s = v.to_str().map_err(|_| bad())?;
-        if s.is_empty() || s.len() > 64 || !s.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(bad());
-        }
-        Ok(IdempotencyKey(Some(s.to_owned())))
+/// The optional `Idempotency-Key` header (1..=64 visible ASCII characters),
+/// else 400 naming the header.
+pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let bad = || ApiError::invalid("Idempotency-Key", "must be 1..=64 visible ASCII characters");
+    let s = v.to_str().map_err(|_| bad())?;
+    if s.is_empty() || s.len() > 64 || !s.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(bad());
     }
+    Ok(Some(s.to_owned()))
 }
 
 #[cfg(test)]

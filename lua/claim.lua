@@ -1,9 +1,14 @@
--- claim.lua: grant one coupon from the user's home shard, atomically.
+-- claim.lua: grant coupons from one shard, atomically, for a batch of
+-- claims (one or more users) that arrived together for that shard.
 --
 -- This script is the single point of truth for a grant: the window check
 -- (against Redis's own clock), the idempotency key, the per-user limit, the
 -- stock decrement, the holder record and the outbox append happen in one
 -- atomic step on ONE slot (every key shares the shard's bucket hash tag).
+-- The claims of a batch are decided one after the other, exactly as if each
+-- had been its own call (a user twice in one batch gets one grant and one
+-- "holding"); batching only saves the per-call cost (the round trip, the
+-- script call, reading the shard's terms and the clock once).
 --
 -- KEYS[1] shard    HASH  remaining, starts_ms, ends_ms, closed, limit,
 --                         vfrom_ms, vuntil_ms, vdays (0 = unset)
@@ -14,13 +19,15 @@
 -- KEYS[4] idem     HASH  user_id .. "\n" .. idempotency_key -> coupon_id
 -- KEYS[5] outbox   STREAM of the shard's bucket; field "r" = claim record
 --
--- ARGV[1] user_id
--- ARGV[2] coupon_id to use if a coupon is granted (fresh ULID)
--- ARGV[3] idempotency key, "" when none
--- ARGV[4] campaign_id
--- ARGV[5] shard number
+-- ARGV[1] campaign_id
+-- ARGV[2] shard number
+-- then three per claim, for claims i = 0, 1, ...:
+-- ARGV[3+3i] user_id
+-- ARGV[4+3i] coupon_id to use if a coupon is granted (fresh ULID)
+-- ARGV[5+3i] idempotency key, "" when none
 --
--- Returns an array whose first element is the outcome code:
+-- Returns an array with one reply per claim, in order; a reply is an array
+-- whose first element is the outcome code:
 --   {1, record}          granted: record is the claim record JSON
 --   {2, record}          idempotent replay: the coupon granted before for this key
 --   {3, "cid1,cid2"}     the user holds `limit` coupons already (their ids)
@@ -28,13 +35,28 @@
 --   {5}                  ended (past ends_ms, or closed)
 --   {6}                  this shard is out of stock (others may not be)
 --   {0}                  the shard does not exist (unknown campaign)
--- Errors only on a broken store (e.g. OOM); the caller then answers 503.
+-- Errors only on a broken store (e.g. OOM) or a malformed call; the caller
+-- then answers 503 to every claim of the batch.
+
+if #ARGV < 5 or (#ARGV - 2) % 3 ~= 0 then
+  return redis.error_reply('claim.lua: ARGV must be campaign, shard, then user, coupon, key per claim')
+end
+local n = (#ARGV - 2) / 3
+
+-- The same reply for every claim of the batch.
+local function all(reply)
+  local out = {}
+  for i = 1, n do
+    out[i] = reply
+  end
+  return out
+end
 
 local shard = KEYS[1]
 local conf = redis.call('HMGET', shard, 'remaining', 'starts_ms', 'ends_ms', 'closed', 'limit',
   'vfrom_ms', 'vuntil_ms', 'vdays')
 if not conf[1] then
-  return {0}
+  return all({0})
 end
 
 local t = redis.call('TIME')
@@ -42,35 +64,14 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
 local starts = tonumber(conf[2])
 if now < starts then
-  return {4, starts}
+  return all({4, starts})
 end
 if conf[4] == '1' or now >= tonumber(conf[3]) then
-  return {5}
+  return all({5})
 end
 
-local user = ARGV[1]
-local idem_field = nil
-if ARGV[3] ~= '' then
-  idem_field = user .. '\n' .. ARGV[3]
-  local prev = redis.call('HGET', KEYS[4], idem_field)
-  if prev then
-    return {2, redis.call('HGET', KEYS[3], prev)}
-  end
-end
-
-local held = redis.call('HGET', KEYS[2], user)
-local count = 0
-if held then
-  count = select(2, string.gsub(held, ',', ',')) + 1
-end
-if count >= tonumber(conf[5]) then
-  return {3, held}
-end
-
-if tonumber(conf[1]) <= 0 then
-  return {6}
-end
-
+local remaining = tonumber(conf[1])
+local limit = tonumber(conf[5])
 local vfrom = tonumber(conf[6])
 if vfrom == 0 then
   vfrom = now
@@ -79,24 +80,61 @@ local vuntil = tonumber(conf[7])
 if vuntil == 0 then
   vuntil = now + tonumber(conf[8]) * 86400000
 end
-
--- The record is built by hand (cjson.encode of a table costs more than the
--- rest of the script's Lua); only the user id needs escaping, the other
--- fields are ULIDs and integers.
-local coupon = ARGV[2]
-local record = '{"id":"' .. coupon .. '","campaign_id":"' .. ARGV[4] .. '","user_id":' .. cjson.encode(user)
-  .. ',"shard":' .. ARGV[5] .. ',"claimed_at_ms":' .. string.format('%d', now)
+-- The parts of a claim record every grant of this call shares. The record is
+-- built by hand (cjson.encode of a table costs more than the rest of the
+-- script's Lua); only the user id needs escaping, the other fields are ULIDs
+-- and integers.
+local mid = '","campaign_id":"' .. ARGV[1] .. '","user_id":'
+local tail = ',"shard":' .. ARGV[2] .. ',"claimed_at_ms":' .. string.format('%d', now)
   .. ',"valid_from_ms":' .. string.format('%d', vfrom) .. ',"valid_until_ms":' .. string.format('%d', vuntil) .. '}'
 
-redis.call('HINCRBY', shard, 'remaining', -1)
-if held then
-  redis.call('HSET', KEYS[2], user, held .. ',' .. coupon)
-else
-  redis.call('HSET', KEYS[2], user, coupon)
+local granted = 0
+local function claim(user, coupon, key)
+  local idem_field = nil
+  if key ~= '' then
+    idem_field = user .. '\n' .. key
+    local prev = redis.call('HGET', KEYS[4], idem_field)
+    if prev then
+      return {2, redis.call('HGET', KEYS[3], prev)}
+    end
+  end
+
+  local held = redis.call('HGET', KEYS[2], user)
+  local count = 0
+  if held then
+    count = select(2, string.gsub(held, ',', ',')) + 1
+  end
+  if count >= limit then
+    return {3, held}
+  end
+
+  if remaining <= 0 then
+    return {6}
+  end
+  remaining = remaining - 1
+  granted = granted + 1
+
+  local record = '{"id":"' .. coupon .. mid .. cjson.encode(user) .. tail
+  if held then
+    redis.call('HSET', KEYS[2], user, held .. ',' .. coupon)
+  else
+    redis.call('HSET', KEYS[2], user, coupon)
+  end
+  redis.call('HSET', KEYS[3], coupon, record)
+  if idem_field then
+    redis.call('HSET', KEYS[4], idem_field, coupon)
+  end
+  redis.call('XADD', KEYS[5], '*', 'r', record)
+  return {1, record}
 end
-redis.call('HSET', KEYS[3], coupon, record)
-if idem_field then
-  redis.call('HSET', KEYS[4], idem_field, coupon)
+
+local out = {}
+for i = 0, n - 1 do
+  out[i + 1] = claim(ARGV[3 + 3 * i], ARGV[4 + 3 * i], ARGV[5 + 3 * i])
 end
-redis.call('XADD', KEYS[5], '*', 'r', record)
-return {1, record}
+-- One decrement for the whole batch (the script is atomic: nobody sees the
+-- records before the count).
+if granted > 0 then
+  redis.call('HINCRBY', shard, 'remaining', -granted)
+end
+return out

@@ -54,6 +54,9 @@ pub struct Settings {
     /// `fast` (answer after the claim script) or `replicated` (and after one
     /// replica acknowledged it, `WAIT 1 <FLASHGRAB_REPLICA_WAIT_MS>`).
     pub durability: crate::stock::Durability,
+    /// Claims of one shard sent to Redis in one script call at most
+    /// (`FLASHGRAB_CLAIM_BATCH`, 1..=256; 1 turns batching off).
+    pub claim_batch: usize,
     /// Upper bound of a graceful shutdown (SIGTERM): draining HTTP, then the
     /// outbox relay, then the persist worker. Past it the process exits
     /// anyway; what is left stays in the outbox / queue for the next one.
@@ -171,6 +174,7 @@ struct FileSettings {
     log_format: Option<String>,
     durability: Option<String>,
     replica_wait_ms: Option<u64>,
+    claim_batch: Option<u64>,
     shutdown_timeout_ms: Option<u64>,
     amqp_timeout_ms: Option<u64>,
     user_rate: Option<u64>,
@@ -356,8 +360,10 @@ impl Settings {
 
         let replica_wait_ms = num("REPLICA_WAIT_MS", file.replica_wait_ms, 50)?;
         let shutdown_timeout_ms = num("SHUTDOWN_TIMEOUT_MS", file.shutdown_timeout_ms, 20_000)?;
+        let claim_batch = num("CLAIM_BATCH", file.claim_batch, crate::stock::DEFAULT_CLAIM_BATCH as u64)?;
         for (name, v, lo, hi) in [
             ("FLASHGRAB_REPLICA_WAIT_MS", replica_wait_ms, 1, 10_000),
+            ("FLASHGRAB_CLAIM_BATCH", claim_batch, 1, 256),
             ("FLASHGRAB_SHUTDOWN_TIMEOUT_MS", shutdown_timeout_ms, 100, 600_000),
         ] {
             if !(lo..=hi).contains(&v) {
@@ -399,6 +405,7 @@ impl Settings {
             campaign_cache_ttl: Duration::from_millis(campaign_cache_ms),
             relay_reclaim_idle: Duration::from_millis(relay_reclaim_ms),
             durability,
+            claim_batch: claim_batch as usize,
             shutdown_timeout: Duration::from_millis(shutdown_timeout_ms),
             log_format,
             generated_secrets,

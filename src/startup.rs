@@ -63,6 +63,7 @@ impl Application {
             .await
             .map_err(|source| StartupError::Redis { nodes: settings.redis_nodes.join(","), source })?
             .with_durability(settings.durability)
+            .with_claim_batch(settings.claim_batch)
             .with_breaker(Arc::new(Breaker::new(settings.protect.breaker_failures, settings.protect.breaker_open)));
         let protection = Arc::new(Protection::new(&settings.protect));
         let notices = Subscriber::new(&settings.redis_nodes, &settings.key_prefix, settings.redis_timeout);

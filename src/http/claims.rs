@@ -72,12 +72,7 @@ fn claim_label(answer: &Result<Response, ApiError>) -> ClaimLabel {
     }
 }
 
-async fn claim_answer(
-    s: &AppState,
-    path: &str,
-    headers: &HeaderMap,
-    now: DateTime<Utc>,
-) -> Result<Response, ApiError> {
+async fn claim_answer(s: &AppState, path: &str, headers: &HeaderMap, now: DateTime<Utc>) -> Result<Response, ApiError> {
     let user = authenticate(headers, s, now.timestamp())?;
     let key = idempotency_key(headers)?;
     let id = campaign_segment(path).and_then(|id| CampaignId::parse(&id)).ok_or(ApiError::CampaignNotFound)?;

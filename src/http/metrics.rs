@@ -290,6 +290,21 @@ pub fn render(s: &AppState) -> String {
         "Redis Cluster connections rebuilt from the seed nodes after lasting trouble.",
         s.stock.reconnects(),
     );
+    let (calls, claims) = s.stock.claim_calls();
+    sample(
+        &mut out,
+        "flashgrab_claim_script_calls_total",
+        "counter",
+        "Calls of the claim script (one per batch of claims of a shard).",
+        calls,
+    );
+    sample(
+        &mut out,
+        "flashgrab_claim_script_claims_total",
+        "counter",
+        "Claims sent in those calls (divided by the calls: the mean batch size).",
+        claims,
+    );
     sample(
         &mut out,
         "flashgrab_redis_breaker_opened_total",

@@ -25,6 +25,7 @@
 //! [`StockError::NotReplicated`] (503, "maybe granted": the grant and its
 //! outbox record are on the master and are persisted if the master survives).
 
+pub mod batch;
 pub mod broadcast;
 pub mod keys;
 pub mod placement;
@@ -65,6 +66,27 @@ pub enum StockError {
     /// outbox) or be lost by a failover: the caller answers 503.
     #[error("claim {coupon} was granted but {acked} replicas acknowledged it within {wait:?}")]
     NotReplicated { coupon: String, acked: i64, wait: Duration },
+    /// Too many claims queued for one shard (see `batch`).
+    #[error("too many claims queued for one shard")]
+    Busy,
+}
+
+impl StockError {
+    /// The same error for another claim of a failed batch (every claim of
+    /// it gets the batch's error).
+    pub fn duplicate(&self) -> StockError {
+        match self {
+            StockError::Redis(e) => StockError::Redis(e.clone()),
+            StockError::Timeout(d) => StockError::Timeout(*d),
+            StockError::Protocol(m) => StockError::Protocol(m.clone()),
+            StockError::Placement(e) => StockError::Protocol(e.to_string()),
+            StockError::BreakerOpen => StockError::BreakerOpen,
+            StockError::NotReplicated { coupon, acked, wait } => {
+                StockError::NotReplicated { coupon: coupon.clone(), acked: *acked, wait: *wait }
+            }
+            StockError::Busy => StockError::Busy,
+        }
+    }
 }
 
 /// When a claim is answered, relative to Redis replication
@@ -82,6 +104,9 @@ pub enum Durability {
 }
 
 pub type Result<T> = std::result::Result<T, StockError>;
+
+/// Claims of one shard per script call, unless configured.
+pub const DEFAULT_CLAIM_BATCH: usize = 32;
 
 /// What the claim script answered on one shard.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,6 +172,10 @@ pub struct StockStore {
     breaker: Arc<Breaker>,
     /// Whether a grant waits for a replica before it is answered.
     durability: Durability,
+    /// Per-shard queues that group concurrent claims into one script call.
+    batcher: Arc<batch::Batcher>,
+    /// Claim script calls and the claims they carried, for the metrics.
+    claim_calls: Arc<[std::sync::atomic::AtomicU64; 2]>,
 }
 
 #[derive(Clone)]
@@ -183,7 +212,29 @@ impl StockStore {
             timeout,
             durability: Durability::Fast,
             breaker: Arc::new(Breaker::new(5, Duration::from_secs(1))),
+            batcher: Arc::new(batch::Batcher::new(DEFAULT_CLAIM_BATCH)),
+            claim_calls: Arc::default(),
         })
+    }
+
+    /// The same store sending at most `max` claims of one shard per script
+    /// call (`FLASHGRAB_CLAIM_BATCH`; 1: every claim is its own call, made
+    /// by the caller's task, with no queue or worker).
+    pub fn with_claim_batch(mut self, max: usize) -> Self {
+        self.batcher = Arc::new(batch::Batcher::new(max));
+        self
+    }
+
+    /// Claim script calls made by this store (all clones) and the claims
+    /// they carried.
+    pub fn claim_calls(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.claim_calls[0].load(Relaxed), self.claim_calls[1].load(Relaxed))
+    }
+
+    /// Shards with a claim batch worker right now.
+    pub fn batch_workers(&self) -> usize {
+        self.batcher.workers()
     }
 
     /// The same store behind `breaker` (shared with whoever else holds it).
@@ -337,7 +388,8 @@ impl StockStore {
         Ok(())
     }
 
-    /// Runs the claim script once on `shard`.
+    /// One claim on `shard`: through the shard's batch worker (see
+    /// `batch`), or as its own script call when batching is off.
     pub async fn claim_on_shard(
         &self,
         c: &Campaign,
@@ -347,80 +399,95 @@ impl StockStore {
         idempotency_key: Option<&str>,
     ) -> Result<ShardClaim> {
         let k = self.shard_keys(c, shard);
-        if let Durability::Replicated { wait } = self.durability {
-            return self.claim_replicated(&k, user, coupon, idempotency_key, c, shard, wait).await;
+        let item = batch::ClaimItem {
+            user: user.as_str().to_owned(),
+            coupon: coupon.as_str().to_owned(),
+            key: idempotency_key.unwrap_or("").to_owned(),
+        };
+        if self.batcher.max() <= 1 {
+            let mut answers = self.claim_batch(&k, c.id.as_str(), shard, &[&item]).await?;
+            return answers.pop().unwrap_or_else(|| Err(StockError::Protocol("claim script: no answer".into())));
         }
-        let mut inv = self.scripts.claim.key(&k.hash);
-        inv.key(&k.holders)
-            .key(&k.coupons)
-            .key(&k.idem)
-            .key(&k.outbox)
-            .arg(user.as_str())
-            .arg(coupon.as_str())
-            .arg(idempotency_key.unwrap_or(""))
-            .arg(c.id.as_str())
-            .arg(shard);
-        let mut conn = self.conn.get();
-        let v: Value = self.bounded(inv.invoke_async(&mut conn)).await?;
-        parse_claim_reply(&v)
+        let target = batch::Target { keys: k, campaign: c.id.as_str().to_owned(), shard };
+        self.batcher.submit(self, &target, item).await
     }
 
-    /// The claim script followed by `WAIT 1 <wait>` in ONE pipeline: both go
-    /// to the node owning the shard's slot on the same connection, one after
-    /// the other, so the WAIT counts replicas that acknowledged this very
-    /// script's writes. (A WAIT sent separately could land elsewhere: the
-    /// cluster client falls back to another node, even a random one, when
-    /// the master's connection is gone, and a WAIT there proves nothing.) A
-    /// redirected or retried pipeline runs the script again with the same
-    /// coupon id: on a new master that already has the grant it answers
-    /// "holding" (409), never a 201 the WAIT did not cover.
-    #[allow(clippy::too_many_arguments)]
-    async fn claim_replicated(
+    /// Runs the claim script once on a shard for `items` (in order). In
+    /// `replicated` mode the script is followed by `WAIT 1 <wait>` in ONE
+    /// pipeline: both go to the node owning the shard's slot on the same
+    /// connection, one after the other, so the WAIT counts replicas that
+    /// acknowledged this very script's writes. (A WAIT sent separately could
+    /// land elsewhere: the cluster client falls back to another node, even a
+    /// random one, when the master's connection is gone, and a WAIT there
+    /// proves nothing.) A redirected or retried call runs the script again
+    /// with the same coupon ids: on a new master that already has a grant it
+    /// answers "holding" (409), never a 201 the WAIT did not cover.
+    ///
+    /// The outer error is the call's (every claim fails with it); the inner
+    /// ones are per claim (`NotReplicated` for a grant no replica acked).
+    pub(crate) async fn claim_batch(
         &self,
         k: &ShardKeys,
-        user: &UserId,
-        coupon: &CouponId,
-        idempotency_key: Option<&str>,
-        c: &Campaign,
+        campaign: &str,
         shard: u32,
-        wait: Duration,
-    ) -> Result<ShardClaim> {
-        let mut evalsha = redis::cmd("EVALSHA");
-        evalsha
-            .arg(self.scripts.claim.get_hash())
-            .arg(5)
-            .arg(&k.hash)
-            .arg(&k.holders)
-            .arg(&k.coupons)
-            .arg(&k.idem)
-            .arg(&k.outbox)
-            .arg(user.as_str())
-            .arg(coupon.as_str())
-            .arg(idempotency_key.unwrap_or(""))
-            .arg(c.id.as_str())
-            .arg(shard);
-        let mut pipe = redis::pipe();
-        pipe.add_command(evalsha).cmd("WAIT").arg(1).arg(wait.as_millis() as u64);
+        items: &[&batch::ClaimItem],
+    ) -> Result<Vec<Result<ShardClaim>>> {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.claim_calls[0].fetch_add(1, Relaxed);
+        self.claim_calls[1].fetch_add(items.len() as u64, Relaxed);
         let mut conn = self.conn.get();
-        let mut loaded = false;
-        let (v, acked): (Value, i64) = loop {
-            match self.bounded(pipe.query_async(&mut conn)).await {
-                Err(StockError::Redis(e)) if !loaded && e.code() == Some("NOSCRIPT") => {
-                    // A restarted node or a promoted replica: load, retry once.
-                    self.bounded(self.scripts.claim.load_async(&mut conn)).await?;
-                    loaded = true;
+        let (v, acked, wait) = match self.durability {
+            Durability::Fast => {
+                let mut inv = self.scripts.claim.key(&k.hash);
+                inv.key(&k.holders).key(&k.coupons).key(&k.idem).key(&k.outbox).arg(campaign).arg(shard);
+                for it in items {
+                    inv.arg(&it.user).arg(&it.coupon).arg(&it.key);
                 }
-                r => break r?,
+                let v: Value = self.bounded(inv.invoke_async(&mut conn)).await?;
+                (v, None, Duration::ZERO)
+            }
+            Durability::Replicated { wait } => {
+                let mut evalsha = redis::cmd("EVALSHA");
+                evalsha
+                    .arg(self.scripts.claim.get_hash())
+                    .arg(5)
+                    .arg(&k.hash)
+                    .arg(&k.holders)
+                    .arg(&k.coupons)
+                    .arg(&k.idem)
+                    .arg(&k.outbox)
+                    .arg(campaign)
+                    .arg(shard);
+                for it in items {
+                    evalsha.arg(&it.user).arg(&it.coupon).arg(&it.key);
+                }
+                let mut pipe = redis::pipe();
+                pipe.add_command(evalsha).cmd("WAIT").arg(1).arg(wait.as_millis() as u64);
+                let mut loaded = false;
+                let (v, acked): (Value, i64) = loop {
+                    match self.bounded(pipe.query_async(&mut conn)).await {
+                        Err(StockError::Redis(e)) if !loaded && e.code() == Some("NOSCRIPT") => {
+                            // A restarted node or a promoted replica: load, retry once.
+                            self.bounded(self.scripts.claim.load_async(&mut conn)).await?;
+                            loaded = true;
+                        }
+                        r => break r?,
+                    }
+                };
+                (v, Some(acked), wait)
             }
         };
-        let claim = parse_claim_reply(&v)?;
-        if let ShardClaim::Granted(r) | ShardClaim::Replayed(r) = &claim
-            && acked < 1
-        {
-            tracing::warn!(coupon = %r.id, acked, ?wait, "no replica acknowledged a grant in time: answering 503 (maybe granted)");
-            return Err(StockError::NotReplicated { coupon: r.id.clone(), acked, wait });
-        }
-        Ok(claim)
+        let answers = parse_batch_reply(&v, items.len())?;
+        Ok(answers
+            .into_iter()
+            .map(|claim| match (claim, acked) {
+                (ShardClaim::Granted(r) | ShardClaim::Replayed(r), Some(acked)) if acked < 1 => {
+                    tracing::warn!(coupon = %r.id, acked, ?wait, "no replica acknowledged a grant in time: answering 503 (maybe granted)");
+                    Err(StockError::NotReplicated { coupon: r.id, acked, wait })
+                }
+                (claim, _) => Ok(claim),
+            })
+            .collect())
     }
 
     /// A claim for `user`: on the home shard, borrowing stock from the other
@@ -604,7 +671,15 @@ fn record_of(v: Option<&Value>) -> Result<CouponRecord> {
     serde_json::from_str(&raw).map_err(|e| StockError::Protocol(format!("claim record {raw:?}: {e}")))
 }
 
-/// Decodes the reply contract of `lua/claim.lua`.
+/// Decodes the reply of `lua/claim.lua` for a batch of `n` claims.
+fn parse_batch_reply(v: &Value, n: usize) -> Result<Vec<ShardClaim>> {
+    match v {
+        Value::Array(replies) if replies.len() == n => replies.iter().map(parse_claim_reply).collect(),
+        _ => Err(StockError::Protocol(format!("claim script: {n} answers expected, got {v:?}"))),
+    }
+}
+
+/// Decodes one claim's reply of `lua/claim.lua`.
 fn parse_claim_reply(v: &Value) -> Result<ShardClaim> {
     let Value::Array(parts) = v else {
         return Err(StockError::Protocol(format!("claim script: {v:?}")));
@@ -644,5 +719,14 @@ mod tests {
         assert_eq!(parse_claim_reply(&Value::Array(vec![Value::Int(6)])).unwrap(), ShardClaim::Dry);
         assert!(parse_claim_reply(&Value::Int(1)).is_err());
         assert!(parse_claim_reply(&Value::Array(vec![Value::Int(1)])).is_err());
+    }
+
+    #[test]
+    fn a_batch_reply_has_one_answer_per_claim() {
+        let one = |code: i64| Value::Array(vec![Value::Int(code)]);
+        let v = Value::Array(vec![one(6), one(5), one(0)]);
+        assert_eq!(parse_batch_reply(&v, 3).unwrap(), vec![ShardClaim::Dry, ShardClaim::Ended, ShardClaim::Missing]);
+        assert!(parse_batch_reply(&v, 2).is_err(), "a count that does not match is an error, not a guess");
+        assert!(parse_batch_reply(&one(6), 1).is_err(), "the answers are wrapped in an array");
     }
 }

@@ -376,3 +376,52 @@ async fn claims_survive_an_empty_script_cache() {
     }
     assert_conserved(&app, id, 21).await;
 }
+
+/// Concurrent claims of one shard go to Redis in shared script calls (group
+/// commit), and batching changes no outcome: every claim answered, every
+/// grant distinct and conserved. With `FLASHGRAB_CLAIM_BATCH=1` every claim
+/// is its own call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_claims_of_a_shard_share_script_calls_and_batching_changes_no_outcome() {
+    for batch in [32usize, 1] {
+        let (prefix, db) = fresh_names();
+        let t = spawn_configured(1, &prefix, &db, |s| {
+            s.run_relay = false;
+            s.run_persist = false;
+            s.claim_batch = batch;
+        })
+        .await;
+        let stock = t.stock.clone();
+
+        // One shard: every claim meets every other on the same shard.
+        let c = t.create_campaign(campaign_with(150, 1, 1)).await;
+        let id = c["id"].as_str().unwrap();
+        let before = stock.claim_calls();
+        let mut users: Vec<(usize, String)> = (0..200).map(|i| (0, format!("batch-{batch}-user-{i}"))).collect();
+        users.extend((0..50).map(|i| (0, format!("batch-{batch}-user-{i}")))); // repeats
+        let answers = burst(&t, id, users).await;
+        let after = stock.claim_calls();
+
+        let granted: Vec<_> = answers.iter().filter(|a| a.1 == StatusCode::CREATED).collect();
+        assert_eq!(granted.len(), 150, "batch {batch}: exactly the stock");
+        let distinct_users: HashSet<&str> = granted.iter().map(|g| g.0.as_str()).collect();
+        assert_eq!(distinct_users.len(), 150, "batch {batch}: one coupon per user");
+        for (_, status, body) in answers.iter().filter(|a| a.1 != StatusCode::CREATED) {
+            let code = body["error"].as_str().unwrap();
+            assert!(
+                (*status == StatusCode::GONE && code == "sold_out")
+                    || (*status == StatusCode::CONFLICT && code == "already_claimed"),
+                "batch {batch}: {status} {body}"
+            );
+        }
+        assert_conserved(&t, id, 150).await;
+        assert_eq!(t.outbox_len().await, 150, "batch {batch}: one outbox record per grant");
+        let (calls, claims) = (after.0 - before.0, after.1 - before.1);
+        assert!(claims >= 150, "batch {batch}: {claims} claims reached the script");
+        if batch == 1 {
+            assert_eq!(calls, claims, "batching off: one call per claim");
+        } else {
+            assert!(calls < claims, "batch {batch}: {calls} calls for {claims} claims: nothing was batched");
+        }
+    }
+}

@@ -94,10 +94,18 @@ pub async fn spawn_with(n: usize, relay: bool, persist: bool) -> TestApp {
 }
 
 pub async fn spawn_named(n: usize, prefix: &str, db_name: &str, relay: bool, persist: bool) -> TestApp {
+    spawn_configured(n, prefix, db_name, |s| {
+        s.run_relay = relay;
+        s.run_persist = persist;
+    })
+    .await
+}
+
+/// `n` instances with the test settings as changed by `configure`.
+pub async fn spawn_configured(n: usize, prefix: &str, db_name: &str, configure: impl Fn(&mut Settings)) -> TestApp {
     let (prefix, db_name) = (prefix.to_owned(), db_name.to_owned());
     let mut s = settings(&prefix, &db_name);
-    s.run_relay = relay;
-    s.run_persist = persist;
+    configure(&mut s);
     let mut addrs = Vec::new();
     let mut state = None;
     for _ in 0..n {

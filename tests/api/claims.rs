@@ -425,3 +425,25 @@ async fn concurrent_claims_of_a_shard_share_script_calls_and_batching_changes_no
         }
     }
 }
+
+/// A shard's batch worker retires when its shard goes quiet and the next
+/// claim starts a new one: nothing is lost across the hand-over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retired_batch_worker_is_replaced_by_the_next_claim() {
+    let app = spawn_app().await;
+    let c = app.create_campaign(campaign_with(10, 1, 1)).await;
+    let id = c["id"].as_str().unwrap();
+    assert_eq!(app.claim(id, "before-idle").await.0, StatusCode::CREATED);
+    assert_eq!(app.stock.batch_workers(), 1, "the shard has its worker");
+    // The worker retires after 5 s without claims.
+    let mut waited = 0;
+    while app.stock.batch_workers() > 0 {
+        assert!(waited < 100, "the idle worker never retired");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        waited += 1;
+    }
+    let answers = burst(&app, id, (0..20).map(|i| (0, format!("after-idle-{i}"))).collect()).await;
+    assert_eq!(answers.iter().filter(|a| a.1 == StatusCode::CREATED).count(), 9, "the rest of the stock");
+    assert_eq!(app.stock.batch_workers(), 1, "a new worker serves the shard");
+    assert_conserved(&app, id, 10).await;
+}

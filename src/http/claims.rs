@@ -8,29 +8,62 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::extract::{User, authenticate, idempotency_key};
 use super::metrics::ClaimLabel;
 use super::{ApiError, AppState, rfc3339};
+use crate::domain::campaign::{AppliesTo, Discount};
 use crate::domain::{CampaignId, CouponId};
 use crate::service::ClaimResult;
 use crate::service::claims::{CouponStatus, CouponView};
 
-pub fn coupon_json(c: &CouponView) -> Value {
-    let mut j = json!({
-        "id": c.id, "campaign_id": c.campaign_id, "user_id": c.user_id, "status": c.status,
-        "claimed_at": rfc3339(c.claimed_at), "valid_from": rfc3339(c.valid_from),
-        "valid_until": rfc3339(c.valid_until), "discount": c.discount,
-        "min_spend_cents": c.min_spend_cents, "applies_to": c.applies_to,
-    });
-    if let Some(r) = &c.redemption {
-        j["redeemed_at"] = json!(rfc3339(r.redeemed_at));
-        j["order_id"] = json!(r.order_id);
-        j["discount_cents"] = json!(r.discount_cents);
+/// A coupon as API.md shows it, serialized straight from the view (the
+/// 201 of every grant: no `serde_json::Value` tree per response).
+#[derive(Serialize)]
+pub struct CouponBody<'a> {
+    id: &'a str,
+    campaign_id: &'a str,
+    user_id: &'a str,
+    status: CouponStatus,
+    claimed_at: String,
+    valid_from: String,
+    valid_until: String,
+    discount: &'a Discount,
+    min_spend_cents: i64,
+    applies_to: &'a AppliesTo,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redeemed_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    order_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    discount_cents: Option<i64>,
+}
+
+impl<'a> CouponBody<'a> {
+    pub fn of(c: &'a CouponView) -> Self {
+        Self {
+            id: &c.id,
+            campaign_id: &c.campaign_id,
+            user_id: &c.user_id,
+            status: c.status,
+            claimed_at: rfc3339(c.claimed_at),
+            valid_from: rfc3339(c.valid_from),
+            valid_until: rfc3339(c.valid_until),
+            discount: &c.discount,
+            min_spend_cents: c.min_spend_cents,
+            applies_to: &c.applies_to,
+            redeemed_at: c.redemption.as_ref().map(|r| rfc3339(r.redeemed_at)),
+            order_id: c.redemption.as_ref().map(|r| r.order_id.as_str()),
+            discount_cents: c.redemption.as_ref().map(|r| r.discount_cents),
+        }
     }
-    j
+}
+
+/// The same, as a JSON value (listings and the other coupon endpoints).
+pub fn coupon_json(c: &CouponView) -> Value {
+    serde_json::to_value(CouponBody::of(c)).expect("a coupon serializes")
 }
 
 /// `POST /v1/campaigns/{id}/claim`.
@@ -78,8 +111,8 @@ async fn claim_answer(s: &AppState, path: &str, headers: &HeaderMap, now: DateTi
     let id = campaign_segment(path).and_then(|id| CampaignId::parse(&id)).ok_or(ApiError::CampaignNotFound)?;
     let result = s.claims.claim(&id, &user, key.as_deref(), now).await?;
     match result {
-        ClaimResult::Granted(c) => Ok((StatusCode::CREATED, Json(coupon_json(&c))).into_response()),
-        ClaimResult::Replayed(c) => Ok((StatusCode::OK, Json(coupon_json(&c))).into_response()),
+        ClaimResult::Granted(c) => Ok((StatusCode::CREATED, Json(CouponBody::of(&c))).into_response()),
+        ClaimResult::Replayed(c) => Ok((StatusCode::OK, Json(CouponBody::of(&c))).into_response()),
         ClaimResult::AlreadyClaimed { coupon_id } => Err(ApiError::AlreadyClaimed { coupon_id }),
         ClaimResult::LimitReached { coupon_ids } => Err(ApiError::LimitReached { coupon_ids }),
         ClaimResult::NotStarted { starts_at } => Err(ApiError::NotStarted { starts_at }),

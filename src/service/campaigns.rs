@@ -138,6 +138,13 @@ impl CampaignService {
         if let Some(c) = self.cache.get(id) {
             return Ok(Some(c));
         }
+        // Boxed: the query's state machine is large, and inline it would be
+        // built and moved with every claim although nearly all are hits.
+        Box::pin(self.load(id)).await
+    }
+
+    /// `find` on a cache miss: MySQL, else a stale copy while MySQL is down.
+    async fn load(&self, id: &CampaignId) -> Result<Option<Arc<Campaign>>> {
         match self.db.get_campaign(id).await {
             Ok(Some(c)) => {
                 let c = Arc::new(c);

@@ -212,7 +212,7 @@ impl ClaimService {
                     self.mark_sold_out(campaign_id);
                     // Every instance answers from memory from now on; one
                     // that misses the notice finds out on its next claim.
-                    if let Err(e) = self.stock.publish(&Notice::SoldOut(campaign_id.clone())).await {
+                    if let Err(e) = Box::pin(self.stock.publish(&Notice::SoldOut(campaign_id.clone()))).await {
                         tracing::warn!(error = %e, campaign = %campaign_id, "could not broadcast the sell-out");
                     }
                 }

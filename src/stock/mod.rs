@@ -512,7 +512,9 @@ impl StockStore {
                 }
                 ShardClaim::Ended => return Ok(ClaimOutcome::Ended),
                 ShardClaim::Missing => return Ok(ClaimOutcome::Missing),
-                ShardClaim::Dry => match self.borrow_for(c, home).await? {
+                // Boxed: a rare path with a large state machine (it reads
+                // every shard), kept out of every claim's future.
+                ShardClaim::Dry => match Box::pin(self.borrow_for(c, home)).await? {
                     rebalance::Borrow::NothingLeft => return Ok(ClaimOutcome::SoldOut),
                     rebalance::Borrow::Retry => {}
                 },

@@ -63,10 +63,15 @@ struct Pending {
     reply: oneshot::Sender<Result<ShardClaim>>,
 }
 
-/// The queues of the shards that have a worker, by shard key.
+/// A worker's id and the sending side of its queue.
+type Queue = (u64, mpsc::Sender<Pending>);
+
+/// The queues of the shards that have a worker, by campaign id and shard
+/// number: a claim finds its queue without building any key name (the
+/// shard's keys are built once, when its worker starts).
 pub(super) struct Batcher {
     max: usize,
-    queues: Mutex<HashMap<String, (u64, mpsc::Sender<Pending>)>>,
+    queues: Mutex<HashMap<String, HashMap<u32, Queue>>>,
     next_id: AtomicU64,
 }
 
@@ -79,15 +84,22 @@ impl Batcher {
         self.max
     }
 
-    /// Queues `item` for `target`'s worker (starting one if needed) and
-    /// waits for its answer.
-    pub async fn submit(&self, store: &StockStore, target: &Target, item: ClaimItem) -> Result<ShardClaim> {
+    /// Queues `item` for the worker of `campaign`'s `shard` (starting one,
+    /// with the keys `target` builds, if needed) and waits for its answer.
+    pub async fn submit(
+        &self,
+        store: &StockStore,
+        campaign: &str,
+        shard: u32,
+        target: impl Fn() -> Target,
+        item: ClaimItem,
+    ) -> Result<ShardClaim> {
         let (reply, answer) = oneshot::channel();
         let mut pending = Pending { item, reply };
         // A worker may retire between our lookup and our send: then its
         // queue is closed and a new worker is started (at most twice).
         for _ in 0..3 {
-            let (id, queue) = self.queue_for(store, target);
+            let (id, queue) = self.queue_for(store, campaign, shard, &target);
             match queue.try_send(pending) {
                 Ok(()) => {
                     return answer.await.unwrap_or_else(|_| {
@@ -97,36 +109,46 @@ impl Batcher {
                 Err(mpsc::error::TrySendError::Full(_)) => return Err(StockError::Busy),
                 Err(mpsc::error::TrySendError::Closed(p)) => {
                     pending = p;
-                    self.forget(&target.keys.hash, id);
+                    self.forget(campaign, shard, id);
                 }
             }
         }
         Err(StockError::Busy)
     }
 
-    fn queue_for(&self, store: &StockStore, target: &Target) -> (u64, mpsc::Sender<Pending>) {
+    fn queue_for(
+        &self,
+        store: &StockStore,
+        campaign: &str,
+        shard: u32,
+        target: &impl Fn() -> Target,
+    ) -> Queue {
         let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((id, q)) = queues.get(&target.keys.hash) {
+        if let Some((id, q)) = queues.get(campaign).and_then(|shards| shards.get(&shard)) {
             return (*id, q.clone());
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(QUEUE);
-        queues.insert(target.keys.hash.clone(), (id, tx.clone()));
-        tokio::spawn(work(store.clone(), target.clone(), id, rx));
+        queues.entry(campaign.to_owned()).or_default().insert(shard, (id, tx.clone()));
+        tokio::spawn(work(store.clone(), target(), id, rx));
         (id, tx)
     }
 
     /// Removes worker `id`'s queue from the map (not a newer one's).
-    fn forget(&self, shard_key: &str, id: u64) {
+    fn forget(&self, campaign: &str, shard: u32, id: u64) {
         let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
-        if queues.get(shard_key).is_some_and(|(current, _)| *current == id) {
-            queues.remove(shard_key);
+        let Some(shards) = queues.get_mut(campaign) else { return };
+        if shards.get(&shard).is_some_and(|(current, _)| *current == id) {
+            shards.remove(&shard);
+            if shards.is_empty() {
+                queues.remove(campaign);
+            }
         }
     }
 
     /// Shards with a worker right now.
     pub fn workers(&self) -> usize {
-        self.queues.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.queues.lock().unwrap_or_else(|e| e.into_inner()).values().map(HashMap::len).sum()
     }
 }
 
@@ -142,7 +164,7 @@ async fn work(store: StockStore, target: Target, id: u64, mut queue: mpsc::Recei
             Err(_) => {
                 // Leave the map first: new claims then start a new worker.
                 // Then close the queue and answer what got in before.
-                store.batcher.forget(&target.keys.hash, id);
+                store.batcher.forget(&target.campaign, target.shard, id);
                 queue.close();
                 while let Some(p) = queue.recv().await {
                     batch.push(p);

@@ -398,18 +398,19 @@ impl StockStore {
         coupon: &CouponId,
         idempotency_key: Option<&str>,
     ) -> Result<ShardClaim> {
-        let k = self.shard_keys(c, shard);
         let item = batch::ClaimItem {
             user: user.as_str().to_owned(),
             coupon: coupon.as_str().to_owned(),
             key: idempotency_key.unwrap_or("").to_owned(),
         };
         if self.batcher.max() <= 1 {
+            let k = self.shard_keys(c, shard);
             let mut answers = self.claim_batch(&k, c.id.as_str(), shard, &[&item]).await?;
             return answers.pop().unwrap_or_else(|| Err(StockError::Protocol("claim script: no answer".into())));
         }
-        let target = batch::Target { keys: k, campaign: c.id.as_str().to_owned(), shard };
-        self.batcher.submit(self, &target, item).await
+        // The shard's key names are built only when its worker starts.
+        let target = || batch::Target { keys: self.shard_keys(c, shard), campaign: c.id.as_str().to_owned(), shard };
+        self.batcher.submit(self, c.id.as_str(), shard, target, item).await
     }
 
     /// Runs the claim script once on a shard for `items` (in order). In

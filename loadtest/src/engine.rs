@@ -385,8 +385,18 @@ async fn worker(w: usize, s: Arc<Shared>) -> WorkerOut {
             pending.clear();
             continue;
         }
-        tokio::time::sleep_until(due.into()).await;
-        let from = if open { due } else { Instant::now() };
+        // Tokio's timer fires on a 1 ms tick at or after the deadline, so a
+        // sleep always ends up to a millisecond late, even for a deadline
+        // that is now. Hence: no sleep when due (a closed loop's next request
+        // went out a tick late every time), and in an open loop the latency
+        // counts from the scheduled time only when this worker was still busy
+        // with an earlier request then (the server's delay, which must
+        // count); a worker that was free and woke late counts from its send.
+        let free_before_due = Instant::now() < due;
+        if free_before_due {
+            tokio::time::sleep_until(due.into()).await;
+        }
+        let from = if open && !free_before_due { due } else { Instant::now() };
         for (delay, next) in execute(w, &s, action, from, &mut out).await {
             seq += 1;
             pending.push(Pending { due: Instant::now() + delay, seq, action: next });

@@ -7,10 +7,14 @@
 //!   number from a shared counter as soon as its previous answer arrived, and
 //!   latency is measured from the send. Open loop (`rate`): arrival `i` is due
 //!   at `start + i / rate`; worker `w` serves arrivals `w, w + C, w + 2C, ...`
-//!   each at its due time (the wrk2 model) and latency is measured from the
-//!   due time, so a server that falls behind is charged for the queueing it
-//!   causes (no coordinated omission). If the workers cannot keep up, the
-//!   achieved rate is lower than asked; the summary shows both.
+//!   each at its due time (the wrk2 model). A worker still waiting for an
+//!   earlier answer at the due time measures from the due time, so a
+//!   server that falls behind is charged for the queueing it causes (no
+//!   coordinated omission); a worker that was free measures from its send,
+//!   because tokio's timer wakes it up to a millisecond after the due time
+//!   (a 1 ms tick) and that delay is the generator's, not the server's. If
+//!   the workers cannot keep up, the achieved rate is lower than asked; the
+//!   summary shows both.
 //! - **Follow-ups** a worker schedules for itself: a retry of a user who got
 //!   "not now" (429, 503, timeout, ...), the redemption of a coupon a
 //!   checkout-pace later, a replay of that redemption. They wait in the

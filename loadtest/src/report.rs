@@ -108,7 +108,8 @@ pub struct Report {
     /// `None`: closed loop (each worker sends as soon as its answer came).
     pub rate_per_s: Option<f64>,
     /// What latency is measured from: the send (closed loop) or the
-    /// scheduled send time (open loop, so queueing counts).
+    /// scheduled send time when the worker was still busy then (open loop,
+    /// so queueing counts), else the send.
     pub latency_from: &'static str,
     /// User taps sent (a double tap is one arrival, two requests).
     pub arrivals: u64,

@@ -443,7 +443,7 @@ async fn run(c: &Common, s: Setup) -> anyhow::Result<Verdict> {
         concurrency: c.concurrency,
         rate_per_s: s.rate,
         latency_from: if s.rate.is_some() {
-            "scheduled send time (open loop)"
+            "scheduled send time if the worker was busy then, else the send (open loop)"
         } else {
             "actual send time (closed loop)"
         },

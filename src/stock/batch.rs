@@ -116,13 +116,7 @@ impl Batcher {
         Err(StockError::Busy)
     }
 
-    fn queue_for(
-        &self,
-        store: &StockStore,
-        campaign: &str,
-        shard: u32,
-        target: &impl Fn() -> Target,
-    ) -> Queue {
+    fn queue_for(&self, store: &StockStore, campaign: &str, shard: u32, target: &impl Fn() -> Target) -> Queue {
         let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((id, q)) = queues.get(campaign).and_then(|shards| shards.get(&shard)) {
             return (*id, q.clone());

@@ -107,15 +107,15 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         .route("/healthz", get(|| async { "ok" }))
         .route("/v1/campaigns/{id}/claim", post(claim))
         .with_state(state);
-    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
+    let listener =
+        tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
     eprintln!("flashgrab-floor: listening on {} ({} shards, prefix '{}')", args.listen, args.shards, args.prefix);
     axum::serve(listener, app).await?;
     Ok(())
 }
 
 async fn claim(State(f): State<Arc<Floor>>, headers: HeaderMap) -> Response {
-    let Some(user) = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.rsplit('.').next())
-    else {
+    let Some(user) = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.rsplit('.').next()) else {
         return StatusCode::UNAUTHORIZED.into_response();
     };
     let shard = fnv1a(user.as_bytes()) % f.shards.len() as u32;

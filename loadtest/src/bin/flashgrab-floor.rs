@@ -20,6 +20,7 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::net::SocketAddr;
+use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -39,7 +40,7 @@ use redis::cluster_async::ClusterConnection;
 /// with in scripts/bench. Serves POST /v1/campaigns/{id}/claim (the id is
 /// ignored; a Bearer token's signature is the user id) and GET /healthz.
 #[derive(Parser)]
-#[command(version, about, long_about = None)]
+#[command(version)]
 struct Args {
     /// Address to listen on (loopback only: this is a measuring tool).
     #[arg(long, default_value = "127.0.0.1:8095")]
@@ -64,19 +65,31 @@ struct Floor {
     shards: Vec<ShardKeys>,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let args = Args::parse();
-    anyhow::ensure!(args.listen.ip().is_loopback(), "--listen must be a loopback address");
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = args.threads {
-        rt.worker_threads(n.max(1));
+    let run = || -> anyhow::Result<()> {
+        anyhow::ensure!(args.listen.ip().is_loopback(), "--listen must be a loopback address, not {}", args.listen);
+        let mut rt = tokio::runtime::Builder::new_multi_thread();
+        if let Some(n) = args.threads {
+            rt.worker_threads(n.max(1));
+        }
+        rt.enable_all().build()?.block_on(serve(&args))
+    };
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("flashgrab-floor: {e:#}");
+            ExitCode::from(2)
+        }
     }
-    rt.enable_all().build()?.block_on(serve(args))
 }
 
-async fn serve(args: Args) -> anyhow::Result<()> {
+async fn serve(args: &Args) -> anyhow::Result<()> {
     let client = redis::cluster::ClusterClient::new(vec![args.redis.clone()])?;
-    let mut conn = client.get_async_connection().await.context("connecting to the Redis Cluster")?;
+    let mut conn = client
+        .get_async_connection()
+        .await
+        .with_context(|| format!("connecting to the Redis Cluster at {} (start it: scripts/stack up)", args.redis))?;
     let layout = KeyLayout::new(&args.prefix);
     let shards: Vec<ShardKeys> = (0..args.shards)
         .map(|s| {

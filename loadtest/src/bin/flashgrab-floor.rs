@@ -31,6 +31,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use clap::Parser;
+use flashgrab::domain::campaign::home_shard;
 use flashgrab::stock::keys::{KeyLayout, OUTBOX_BUCKETS, ShardKeys};
 use redis::Value;
 use redis::cluster_async::ClusterConnection;
@@ -131,7 +132,8 @@ async fn claim(State(f): State<Arc<Floor>>, headers: HeaderMap) -> Response {
     let Some(user) = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.rsplit('.').next()) else {
         return StatusCode::UNAUTHORIZED.into_response();
     };
-    let shard = fnv1a(user.as_bytes()) % f.shards.len() as u32;
+    // The user's home shard, as the service picks it.
+    let shard = home_shard(user, f.shards.len() as u32);
     let k = &f.shards[shard as usize];
     let coupon = ulid::Ulid::new().to_string();
     let mut conn = f.conn.clone();
@@ -161,8 +163,4 @@ async fn claim(State(f): State<Arc<Floor>>, headers: HeaderMap) -> Response {
         },
         _ => StatusCode::SERVICE_UNAVAILABLE.into_response(),
     }
-}
-
-fn fnv1a(b: &[u8]) -> u32 {
-    b.iter().fold(0x811c_9dc5u32, |h, &x| (h ^ u32::from(x)).wrapping_mul(0x0100_0193))
 }

@@ -11,8 +11,8 @@
 //!
 //! Under load, decisions on different coupons can still lose a lock
 //! conflict inside InnoDB (a deadlock, a lock wait timeout): nothing of the
-//! losing transaction committed, so the decision is run again, a bounded
-//! number of times, before it is an error (503).
+//! losing transaction committed, so the decision (with its write-through)
+//! is run again, a bounded number of times, before it is an error (503).
 //!
 //! Times: `now` is cut to the millisecond before anything is bound or
 //! answered, because DATETIME(3) keeps milliseconds and MySQL 8 *rounds* a
@@ -121,10 +121,15 @@ impl CouponService {
         now: DateTime<Utc>,
     ) -> Result<RedeemResult> {
         let now = to_millis(now);
-        let Some(campaign) = self.own_coupon(user, coupon_id).await? else {
-            return Ok(RedeemResult::CouponNotFound);
-        };
-        let answer = retry_lock_conflicts(|| self.decide_redeem(user, coupon_id, &campaign, order, now)).await?;
+        // The write-through is inside the retry too: its insert can meet the
+        // persist worker's batch of the same rows.
+        let answer = retry_lock_conflicts(|| async {
+            let Some(campaign) = self.own_coupon(user, coupon_id).await? else {
+                return Ok(Decided::Unchanged(RedeemResult::CouponNotFound));
+            };
+            self.decide_redeem(user, coupon_id, &campaign, order, now).await
+        })
+        .await?;
         if matches!(answer, Decided::Changed(_)) {
             self.events.notify_one();
         }
@@ -183,10 +188,13 @@ impl CouponService {
         // Written through like a redeem, then decided under the same row
         // lock: a release racing the redeem of a fresh coupon is ordered
         // before or after it, never beside it.
-        let Some(campaign) = self.own_coupon(user, coupon_id).await? else {
-            return Ok(ReleaseResult::CouponNotFound);
-        };
-        let answer = retry_lock_conflicts(|| self.decide_release(user, coupon_id, &campaign, order_id, now)).await?;
+        let answer = retry_lock_conflicts(|| async {
+            let Some(campaign) = self.own_coupon(user, coupon_id).await? else {
+                return Ok(Decided::Unchanged(ReleaseResult::CouponNotFound));
+            };
+            self.decide_release(user, coupon_id, &campaign, order_id, now).await
+        })
+        .await?;
         if matches!(answer, Decided::Changed(_)) {
             self.events.notify_one();
         }

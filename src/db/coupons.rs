@@ -133,6 +133,10 @@ impl Db {
 
     /// A user's coupon rows, optionally of one campaign (newest first, at most
     /// 1000: the listing is for an app screen).
+    ///
+    /// The column compares exactly (a NO PAD collation, migrations/0004);
+    /// the rows are checked again here, so a database still on the padding
+    /// collation (`'alice ' = 'alice'`) cannot hand one user another's rows.
     pub async fn user_coupons(&self, user_id: &str, campaign_id: Option<&str>) -> Result<Vec<CouponRow>> {
         let q = sqlx::query(concat!(
             "SELECT ",
@@ -143,7 +147,8 @@ impl Db {
         .bind(campaign_id)
         .bind(campaign_id);
         let rows = self.run(q.fetch_all(self.pool())).await?;
-        rows.iter().map(row_of).collect::<std::result::Result<_, sqlx::Error>>().map_err(Into::into)
+        let rows: Vec<CouponRow> = rows.iter().map(row_of).collect::<std::result::Result<_, sqlx::Error>>()?;
+        Ok(rows.into_iter().filter(|r| r.user_id == user_id).collect())
     }
 
     /// Every coupon row of a campaign (reconcile).

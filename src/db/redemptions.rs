@@ -6,12 +6,25 @@
 //! transaction appends the history row (also the event outbox, see
 //! migrations/0002) and the order lines for the report, so a decision, its
 //! event and its report data commit or vanish together.
+//!
+//! No gap locks. At REPEATABLE READ a locking statement that finds nothing
+//! (`DELETE FROM redemption_items WHERE coupon_id = ?` of a coupon without
+//! lines) locks the gap where those rows would be; coupon ids are
+//! time-ordered, so every fresh coupon's gap is the same one, at the end of
+//! the index, and two redeems that each locked it and then inserted their
+//! lines into it deadlocked (MySQL error 1213, answered 503). The lines are
+//! therefore read without locking and deleted by primary key: the coupon
+//! row lock already orders every writer of a coupon's lines, and the
+//! transaction's snapshot is taken at that read, after the lock was granted,
+//! so it sees every line its predecessors committed. Whatever conflict is
+//! left (a lock wait timeout, a deadlock with some other writer) is
+//! [`DbError::is_lock_conflict`]: the caller retries the whole decision.
 
 use chrono::{DateTime, Utc};
 use sqlx::{MySql, QueryBuilder, Row, Transaction};
 
 use super::coupons::{CouponRow, coupon_columns, row_of};
-use super::{Db, Result};
+use super::{Db, DbError, Result};
 use crate::domain::order::Order;
 
 /// Redeem or release, as the history and the events name them.
@@ -48,6 +61,22 @@ pub struct RedemptionEvent {
     pub order_id: String,
     pub discount_cents: i64,
     pub at_ms: i64,
+}
+
+/// MySQL's "deadlock found, transaction rolled back" and "lock wait
+/// timeout exceeded" (the statement failed; the transaction is rolled back
+/// when it is dropped).
+const ER_LOCK_DEADLOCK: u16 = 1213;
+const ER_LOCK_WAIT_TIMEOUT: u16 = 1205;
+
+impl DbError {
+    /// True when the transaction lost a lock conflict: nothing of it
+    /// committed, and running it again is the remedy.
+    pub fn is_lock_conflict(&self) -> bool {
+        let DbError::Sql(sqlx::Error::Database(e)) = self else { return false };
+        e.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+            .is_some_and(|e| matches!(e.number(), ER_LOCK_DEADLOCK | ER_LOCK_WAIT_TIMEOUT))
+    }
 }
 
 impl Db {
@@ -140,8 +169,9 @@ impl CouponTx<'_> {
         .bind(&row.id);
         self.db.run(q.execute(&mut *self.tx)).await?;
         self.history(row, Action::Redeem, &order.order_id, discount_cents, now).await?;
-        let q = sqlx::query("DELETE FROM redemption_items WHERE coupon_id = ?").bind(&row.id);
-        self.db.run(q.execute(&mut *self.tx)).await?;
+        // None are left by a release; cleared anyway, so a stray line can
+        // never collide with the new ones.
+        self.clear_lines(row).await?;
         if let Some(items) = order.items.as_deref().filter(|i| !i.is_empty()) {
             let mut q: QueryBuilder<MySql> = QueryBuilder::new(
                 "INSERT INTO redemption_items (coupon_id, line, campaign_id, product_id, category_id, line_cents, \
@@ -170,8 +200,26 @@ impl CouponTx<'_> {
         .bind(&row.id);
         self.db.run(q.execute(&mut *self.tx)).await?;
         self.history(row, Action::Release, order_id, 0, now).await?;
-        let q = sqlx::query("DELETE FROM redemption_items WHERE coupon_id = ?").bind(&row.id);
-        self.db.run(q.execute(&mut *self.tx)).await.map(|_| ())
+        self.clear_lines(row).await
+    }
+
+    /// Deletes the order lines of the locked coupon without locking any gap
+    /// (see the module note): a plain read of their numbers, then a delete
+    /// by primary key of exactly those.
+    async fn clear_lines(&mut self, row: &CouponRow) -> Result<()> {
+        let q = sqlx::query_scalar::<_, u32>("SELECT line FROM redemption_items WHERE coupon_id = ?").bind(&row.id);
+        let lines = self.db.run(q.fetch_all(&mut *self.tx)).await?;
+        if lines.is_empty() {
+            return Ok(());
+        }
+        let mut q: QueryBuilder<MySql> = QueryBuilder::new("DELETE FROM redemption_items WHERE coupon_id = ");
+        q.push_bind(&row.id).push(" AND line IN (");
+        let mut list = q.separated(", ");
+        for line in &lines {
+            list.push_bind(*line);
+        }
+        q.push(")");
+        self.db.run(q.build().execute(&mut *self.tx)).await.map(|_| ())
     }
 
     async fn history(

@@ -5,6 +5,7 @@ mod helpers;
 
 mod campaigns;
 mod claims;
+mod concurrency;
 mod ops;
 mod persistence;
 mod redeem;

@@ -370,3 +370,144 @@ async fn redemptions_survive_the_pipeline_and_reach_the_events_and_the_report() 
     let _ = conn.close(200, "bye".into()).await;
     app.cleanup().await;
 }
+
+#[tokio::test]
+async fn user_ids_compare_exactly_in_listings_lookups_and_redeems() {
+    // MySQL's utf8mb4_bin pads with spaces: 'alice ' = 'alice'. Each of
+    // these users must see and use only their own coupons, persisted or not.
+    let app = spawn_app().await;
+    let c = app.create_campaign(campaign_body(10)).await;
+    let id = c["id"].as_str().unwrap();
+    let users = ["alice", "alice ", "Alice", " alice"];
+    let mut coupons = Vec::new();
+    for u in users {
+        coupons.push(app.claimed(id, u).await);
+    }
+    // Persist every claim (what the persist worker would write).
+    let campaign = app.stock_campaign(id).await;
+    for u in users {
+        let user = flashgrab::domain::UserId::parse(u).unwrap();
+        let records = app.stock.user_coupons(&campaign, &user).await.unwrap();
+        assert_eq!(records.len(), 1, "{u:?}");
+        app.state.db.insert_coupons(&records).await.unwrap();
+    }
+    // One of them redeemed, so a redemption could leak too.
+    assert_eq!(app.redeem("alice", &coupons[0], order("o-alice", 1000)).await.0, StatusCode::OK);
+    let exact: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM coupons WHERE user_id = ?")
+        .bind("alice ")
+        .fetch_one(app.state.db.pool())
+        .await
+        .unwrap();
+    assert_eq!(exact, 1, "the column compares exactly ('alice ' is not 'alice')");
+
+    for (i, u) in users.iter().enumerate() {
+        for query in ["".to_owned(), format!("?campaign_id={id}")] {
+            let mine = app.my_coupons(u, &query).await;
+            let ids: Vec<&str> =
+                mine["coupons"].as_array().unwrap().iter().map(|c| c["id"].as_str().unwrap()).collect();
+            assert_eq!(ids, [coupons[i].as_str()], "{u:?} lists only their own coupon: {mine}");
+            assert_eq!(mine["coupons"][0]["user_id"], *u);
+        }
+        for other in coupons.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, c)| c) {
+            let r = app.client.get(app.url(&format!("/v1/me/coupons/{other}"))).bearer_auth(app.token(u)).send();
+            assert_error(&parts(r.await.unwrap()).await, 404, "coupon_not_found");
+            assert_error(&app.redeem(u, other, order(&format!("o-{i}"), 1000)).await, 404, "coupon_not_found");
+            assert_error(&app.release(u, other, "o-alice").await, 404, "coupon_not_found");
+        }
+    }
+    // The others could not touch alice's redemption.
+    assert_eq!(app.coupon_row_status(&coupons[0]).await, Some(("redeemed".into(), Some("o-alice".into()))));
+    for c in &coupons[1..] {
+        assert_eq!(app.coupon_row_status(c).await, Some(("claimed".into(), None)));
+    }
+    // A control character is refused at the door (it never reaches a store).
+    let r = app.client.get(app.url("/v1/me/coupons")).bearer_auth(app.token("alice\t")).send().await.unwrap();
+    assert_error(&parts(r).await, 401, "unauthorized");
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn redeemed_at_of_the_answer_is_the_rows_when_the_server_rounds_fractions() {
+    // MySQL 8 rounds a bound time to the column's 3 digits (MariaDB
+    // truncates, unless TIME_ROUND_FRACTIONAL): make this MariaDB round
+    // like MySQL 8 on every connection of the instance's pool, then redeem
+    // at a time whose sub-millisecond part rounds up.
+    let app = spawn_app().await;
+    let c = app.create_campaign(campaign_body(4)).await;
+    let id = c["id"].as_str().unwrap();
+    let coupon = app.claimed(id, "dora").await;
+    let pool = app.state.db.pool();
+    let mut conns = Vec::new();
+    for _ in 0..pool.options().get_max_connections() {
+        conns.push(pool.acquire().await.unwrap());
+    }
+    for conn in &mut conns {
+        // Fails on MySQL, which rounds anyway.
+        let _ = sqlx::query("SET SESSION sql_mode = CONCAT(@@sql_mode, ',TIME_ROUND_FRACTIONAL')")
+            .execute(&mut **conn)
+            .await;
+    }
+    drop(conns);
+
+    let user = flashgrab::domain::UserId::parse("dora").unwrap();
+    let coupon_id = flashgrab::domain::CouponId::parse(&coupon).unwrap();
+    let req: flashgrab::domain::order::RedeemRequest = serde_json::from_value(order("o-round", 1000)).unwrap();
+    let checkout = req.validate().unwrap();
+    let now = chrono::Utc::now();
+    let now = now - chrono::Duration::nanoseconds(i64::from(now.timestamp_subsec_nanos() % 1_000_000))
+        + chrono::Duration::microseconds(900);
+    let got = app.state.coupons.redeem(&user, &coupon_id, &checkout, now).await.unwrap();
+    let flashgrab::service::RedeemResult::Redeemed { redemption, .. } = got else { panic!("{got:?}") };
+    let (row_at, history_at): (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>) = sqlx::query_as(
+        "SELECT c.redeemed_at, r.at FROM coupons c JOIN redemptions r ON r.coupon_id = c.id WHERE c.id = ?",
+    )
+    .bind(&coupon)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!(redemption.redeemed_at, row_at, "the answer says what the row keeps");
+    assert_eq!(history_at, row_at, "the history row too");
+    assert_eq!(redemption.redeemed_at.timestamp_subsec_nanos() % 1_000_000, 0);
+    // The replay (read from the row) and the listing answer the same time.
+    let replay = app.redeem("dora", &coupon, order("o-round", 1000)).await;
+    assert_eq!(replay.1["redeemed_at"], flashgrab::http::rfc3339(redemption.redeemed_at), "{}", replay.1);
+    assert_eq!(app.my_coupons("dora", "").await["coupons"][0]["redeemed_at"], replay.1["redeemed_at"]);
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn redeem_right_after_claim_is_valid_when_this_clock_is_behind_the_redis_clock() {
+    // The claim script stamps claimed_at and (without an explicit
+    // valid_from) valid_from with Redis's clock. An instance whose clock is
+    // a few hundred ms behind must still redeem the coupon at once: write
+    // such a record into Redis (claimed and valid from 400 ms "from now").
+    let app = spawn_app().await;
+    let c = app.create_campaign(campaign_body(4)).await;
+    let id = c["id"].as_str().unwrap();
+    let coupon = app.claimed(id, "erin").await;
+    let campaign = app.stock_campaign(id).await;
+    let shard = flashgrab::domain::campaign::home_shard("erin", campaign.shards());
+    let keys = app.stock.keys().shard(campaign.shard_buckets[shard as usize], id, shard);
+    let mut conn = app.stock.connection();
+    let raw: String = redis::cmd("HGET").arg(&keys.coupons).arg(&coupon).query_async(&mut conn).await.unwrap();
+    let mut record: flashgrab::domain::CouponRecord = serde_json::from_str(&raw).unwrap();
+    let ahead = chrono::Utc::now().timestamp_millis() + 400;
+    record.valid_until_ms += ahead - record.claimed_at_ms;
+    (record.claimed_at_ms, record.valid_from_ms) = (ahead, ahead);
+    let _: () = redis::cmd("HSET")
+        .arg(&keys.coupons)
+        .arg(&coupon)
+        .arg(serde_json::to_string(&record).unwrap())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    let got = app.redeem("erin", &coupon, order("o-now", 1000)).await;
+    assert_eq!(got.0, StatusCode::OK, "valid from its own grant, by the clock that granted it: {}", got.1);
+    // Persisted now (written through): a second coupon redeemed from its row.
+    let (_, b) = app.release("erin", &coupon, "o-now").await;
+    assert_eq!(b["status"], "claimed", "{b}");
+    let again = app.redeem("erin", &coupon, order("o-again", 1000)).await;
+    assert_eq!(again.0, StatusCode::OK, "{}", again.1);
+    app.cleanup().await;
+}

@@ -19,9 +19,22 @@ use pressure::{DROP, FAST, Pressure, SLOW, assert_invariants_at_rest, drop_campa
 /// Serialises the disruptive tests of this binary.
 static STACK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn stack(args: &[&str]) {
+/// `scripts/stack <args>` with no file descriptor inherited beyond stdio: a
+/// Redis node it starts is a daemon that would otherwise keep whatever this
+/// test process inherited, such as the fd of a `flock /tmp/fg-stack.lock
+/// cargo test` around the run, and hold that lock for as long as it lives.
+fn stack_command(args: &[&str]) -> std::process::Command {
     let script = format!("{}/scripts/stack", env!("CARGO_MANIFEST_DIR"));
-    let out = std::process::Command::new(&script).args(args).output().expect("scripts/stack runs");
+    let mut cmd = std::process::Command::new("bash");
+    cmd.arg("-c")
+        .arg(r#"for fd in /proc/$$/fd/*; do n=${fd##*/}; [ "$n" -gt 2 ] && eval "exec $n>&-"; done; exec "$0" "$@""#)
+        .arg(script)
+        .args(args);
+    cmd
+}
+
+fn stack(args: &[&str]) {
+    let out = stack_command(args).output().expect("scripts/stack runs");
     assert!(
         out.status.success(),
         "scripts/stack {args:?} failed:\n{}{}",
@@ -561,8 +574,7 @@ struct FailoverGuard {
 impl Drop for FailoverGuard {
     fn drop(&mut self) {
         let _ = Command::new("kill").args(["-CONT", &self.replica_pid.to_string()]).status();
-        let script = format!("{}/scripts/stack", env!("CARGO_MANIFEST_DIR"));
-        let _ = Command::new(&script).args(["start-node", &self.master.to_string()]).status();
+        let _ = stack_command(&["start-node", &self.master.to_string()]).status();
     }
 }
 

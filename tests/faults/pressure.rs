@@ -228,6 +228,7 @@ async fn worker(
             .timeout(Duration::from_secs(5))
             .send()
             .await;
+        let mut granted = false;
         let quiet = match r {
             Ok(r) => {
                 let status = r.status();
@@ -235,6 +236,7 @@ async fn worker(
                 match status {
                     StatusCode::CREATED => {
                         h.granted.push((user.clone(), body["id"].as_str().unwrap().to_owned()));
+                        granted = true;
                         false
                     }
                     StatusCode::CONFLICT if body["error"] == "already_claimed" => {
@@ -276,7 +278,7 @@ async fn worker(
         // +-50 % jitter so the workers do not march in step; a failed or
         // refused claim waits at least 20 ms (no hot loop on a dead port).
         let wait = pace / 2 + next() % (pace + 1);
-        let floor = if quiet { 1 } else { 20 };
+        let floor = if quiet || granted { 1 } else { 20 };
         tokio::time::sleep(Duration::from_millis(wait.max(floor))).await;
     }
     h

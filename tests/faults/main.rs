@@ -364,26 +364,51 @@ impl Drop for MariaGuard {
     }
 }
 
+fn mariadb_answers() -> bool {
+    Command::new("mariadb")
+        .args(["-uroot", "-h127.0.0.1", "-e", "select 1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+fn mariadbd_running() -> bool {
+    Command::new("pgrep").args(["-x", "mariadbd"]).stdout(Stdio::null()).status().map(|s| s.success()).unwrap_or(false)
+}
+
+/// Starts MariaDB and waits until it answers. The start is asked again
+/// every second: a server still shutting down makes `start-stop-daemon`
+/// answer "already running" and start nothing.
 fn start_mariadb() {
-    let _ = Command::new("start-stop-daemon")
-        .args(["--start", "--oknodo", "--background", "--exec", "/usr/sbin/mariadbd"])
-        .status();
-    for _ in 0..300 {
-        let up = Command::new("mariadb")
-            .args(["-uroot", "-h127.0.0.1", "-e", "select 1"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        if up {
+    for i in 0..600 {
+        if mariadb_answers() {
             return;
+        }
+        if i % 10 == 0 {
+            let _ = Command::new("start-stop-daemon")
+                .args(["--start", "--oknodo", "--quiet", "--background", "--exec", "/usr/sbin/mariadbd"])
+                .status();
         }
         std::thread::sleep(Duration::from_millis(100));
     }
     panic!(
         "MariaDB did not come back: start it with start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd"
     );
+}
+
+/// Shuts MariaDB down and waits (bounded) until its process is gone.
+fn stop_mariadb() {
+    let stopped = Command::new("mariadb-admin").args(["-uroot", "-h127.0.0.1", "shutdown"]).status().unwrap();
+    assert!(stopped.success(), "mariadb-admin shutdown");
+    for _ in 0..300 {
+        if !mariadbd_running() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("mariadbd still running 30 s after mariadb-admin shutdown");
 }
 
 /// MySQL goes down while a contested drop is selling and stays down until
@@ -399,8 +424,7 @@ async fn mariadb_outage_mid_burst_loses_no_claim() {
     wait_claimed(&app, &c, 3, 30).await;
 
     let maria = MariaGuard;
-    let stopped = Command::new("mariadb-admin").args(["-uroot", "-h127.0.0.1", "shutdown"]).status().unwrap();
-    assert!(stopped.success(), "mariadb-admin shutdown");
+    stop_mariadb();
     assert_stock_left(&app, &c, &burst, "the MySQL outage").await;
     burst.pace(FAST);
     burst.wait_sold_out(20).await;

@@ -12,6 +12,10 @@ pub struct PipelineMetrics {
     pub published_batches: AtomicU64,
     /// Entries taken over from a dead relay (XAUTOCLAIM).
     pub reclaimed: AtomicU64,
+    /// `replicated` mode: outbox entries the relay read but held back
+    /// because no replica acknowledged them (counted once per pass that
+    /// held them; they are shipped once a replica has them).
+    pub unreplicated: AtomicU64,
     /// Entries in all outbox streams (not yet confirmed by RabbitMQ), as of
     /// the last reclaim pass (every second).
     pub outbox_len: AtomicU64,

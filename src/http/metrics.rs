@@ -341,6 +341,12 @@ pub fn render_pipeline(p: &PipelineMetrics, out: &mut String) {
             "Outbox entries taken over from a dead relay.",
             get(&p.reclaimed),
         ),
+        (
+            "flashgrab_relay_unreplicated_total",
+            "counter",
+            "Outbox entries held back by the relay (replicated mode) because no replica acknowledged them, per pass.",
+            get(&p.unreplicated),
+        ),
         ("flashgrab_outbox_length", "gauge", "Entries in the outbox streams not yet confirmed.", get(&p.outbox_len)),
         (
             "flashgrab_persisted_total",

@@ -19,6 +19,10 @@
 //! they are published again (the persist worker is idempotent per coupon
 //! id). Blocking reads are avoided on purpose: the cluster connection is
 //! multiplexed and a `BLOCK` would stall the claims sharing it.
+//!
+//! In `replicated` mode step 1 is gated: an entry leaves Redis only once a
+//! replica acknowledged it (`Relay::read_bucket_acked`), so a failover to
+//! a replica that lacks a grant cannot leave MySQL with a row for it.
 
 pub mod events;
 pub mod relay;

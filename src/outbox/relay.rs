@@ -1,6 +1,8 @@
 //! The relay loop (see the module note of `outbox`).
 
+use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
@@ -16,7 +18,7 @@ use super::topology::{CLAIM_ROUTING_KEY, Topology};
 use super::{QueueError, amqp_call, open_confirmed_channel};
 use crate::domain::CouponRecord;
 use crate::metrics::{Backoff, PipelineMetrics, pause_after_failure};
-use crate::stock::StockStore;
+use crate::stock::{Durability, StockStore};
 
 /// Entries read per stream per pass.
 pub const BATCH: usize = 500;
@@ -76,6 +78,72 @@ fn entry_of(s: StreamId) -> Entry {
     Entry { id: s.id, raw }
 }
 
+/// The key of the tiny write that makes a gated read's WAIT cover every
+/// entry it returned: same hash tag (slot) as the outbox stream.
+fn relay_wait_key(outbox: &str) -> String {
+    format!("{}:relaywait", outbox.strip_suffix(":outbox").unwrap_or(outbox))
+}
+
+fn protocol(what: String) -> RelayError {
+    RelayError::Redis(redis::RedisError::from((redis::ErrorKind::UnexpectedReturnType, "unexpected reply", what)))
+}
+
+/// The entries of an `XREADGROUP` reply on one stream: nil (none), or
+/// `[[stream, [[id, fields], ...]]]` (a map in RESP3). A history read
+/// (`0`) answers an entry deleted while pending with nil fields: it comes
+/// back without a record and is only cleared from the group.
+fn stream_entries(v: Value) -> Result<Vec<Entry>, RelayError> {
+    let streams = match v {
+        Value::Nil => return Ok(Vec::new()),
+        Value::Array(streams) => streams
+            .into_iter()
+            .filter_map(|s| match s {
+                Value::Array(mut kv) if kv.len() == 2 => kv.pop(),
+                _ => None,
+            })
+            .collect::<Vec<_>>(),
+        Value::Map(streams) => streams.into_iter().map(|(_, v)| v).collect(),
+        other => return Err(protocol(format!("XREADGROUP answered {other:?}"))),
+    };
+    let mut out = Vec::new();
+    for ids in streams {
+        let Value::Array(ids) = ids else { continue };
+        for e in ids {
+            let Value::Array(mut parts) = e else {
+                return Err(protocol(format!("stream entry {e:?}")));
+            };
+            if parts.len() != 2 {
+                return Err(protocol(format!("stream entry {parts:?}")));
+            }
+            let fields = parts.pop().unwrap_or(Value::Nil);
+            let id: String =
+                redis::from_redis_value(parts.pop().unwrap_or(Value::Nil)).map_err(redis::RedisError::from)?;
+            let pairs: Vec<(Value, Value)> = match fields {
+                Value::Array(flat) => {
+                    let mut it = flat.into_iter();
+                    std::iter::from_fn(|| Some((it.next()?, it.next()?))).collect()
+                }
+                Value::Map(pairs) => pairs,
+                _ => Vec::new(),
+            };
+            let raw = pairs.into_iter().find_map(|(k, v)| {
+                let is_r =
+                    matches!(&k, Value::BulkString(b) if b == b"r") || matches!(&k, Value::SimpleString(s) if s == "r");
+                if !is_r {
+                    return None;
+                }
+                match v {
+                    Value::BulkString(b) => String::from_utf8(b).ok(),
+                    Value::SimpleString(t) => Some(t),
+                    _ => None,
+                }
+            });
+            out.push(Entry { id, raw });
+        }
+    }
+    Ok(out)
+}
+
 /// Milliseconds part of a stream id ("1700000000000-3").
 fn id_ms(id: &str) -> u64 {
     id.split('-').next().and_then(|ms| ms.parse().ok()).unwrap_or(0)
@@ -94,7 +162,19 @@ pub struct Relay {
     reclaim_idle: Duration,
     /// Bound of every RabbitMQ call.
     amqp_timeout: Duration,
+    /// `replicated` mode: per bucket, whether this consumer may hold
+    /// unshipped entries of it ([`COLD`], [`HOT`], [`HELD`]). Kept across
+    /// sessions: entries read and not acked stay in this consumer's pending
+    /// list through a reconnect.
+    gate: Vec<AtomicU8>,
 }
+
+/// A bucket this consumer holds nothing of: read as in `fast` mode.
+const COLD: u8 = 0;
+/// A bucket this consumer may hold entries of: read through the gate.
+const HOT: u8 = 1;
+/// As [`HOT`], and the last gate found no replica acknowledging.
+const HELD: u8 = 2;
 
 impl Relay {
     pub fn new(
@@ -105,6 +185,7 @@ impl Relay {
         reclaim_idle: Duration,
     ) -> Self {
         let prefix = stock.keys().prefix().to_owned();
+        let gate = (0..stock.keys().buckets()).map(|_| AtomicU8::new(COLD)).collect();
         Self {
             stock,
             amqp_url,
@@ -116,6 +197,7 @@ impl Relay {
             redis_timeout,
             reclaim_idle,
             amqp_timeout: crate::outbox::DEFAULT_AMQP_TIMEOUT,
+            gate,
         }
     }
 
@@ -237,8 +319,23 @@ impl Relay {
     }
 
     /// New entries of one bucket, plus (when `reclaim`) entries idle in a
-    /// dead relay's hands and the stream's length.
+    /// dead relay's hands and the stream's length. In `replicated` mode only
+    /// entries a replica acknowledged (see [`Relay::read_bucket_acked`]).
     async fn read_bucket(
+        &self,
+        conn: &mut ClusterConnection,
+        bucket: u16,
+        reclaim: bool,
+    ) -> Result<(Vec<Entry>, u64), RelayError> {
+        match self.stock.durability() {
+            Durability::Fast => self.read_bucket_plain(conn, bucket, reclaim).await,
+            Durability::Replicated { wait } => self.read_bucket_acked(conn, bucket, reclaim, wait).await,
+        }
+    }
+
+    /// The read of `fast` mode: `XLEN` and `XAUTOCLAIM` (when `reclaim`),
+    /// then `XREADGROUP >`, one round trip each.
+    async fn read_bucket_plain(
         &self,
         conn: &mut ClusterConnection,
         bucket: u16,
@@ -287,6 +384,123 @@ impl Relay {
             if let Some(read) = read {
                 entries.extend(read.keys.into_iter().flat_map(|k| k.ids).map(entry_of));
             }
+        }
+        Ok((entries, len))
+    }
+
+    /// `replicated` mode: the entries of one bucket that a replica has, so
+    /// that nothing leaves Redis that a failover could make Redis forget
+    /// (MySQL would hold a row for a unit Redis sells again).
+    ///
+    /// A cold bucket (this consumer holds nothing of it) is read as in
+    /// `fast` mode, no write and no WAIT: idle buckets cost nothing more.
+    /// Whatever that read returns is only moved into this consumer's
+    /// pending list, not shipped; the gated read follows at once.
+    ///
+    /// The gated read is ONE pipeline to the bucket's slot: [`XLEN`,
+    /// `XAUTOCLAIM` when reclaiming] `XREADGROUP ... 0` (this consumer's
+    /// own pending entries: held back before, or read by the cold read),
+    /// `XREADGROUP >`, a tiny write on the same slot (`HSET
+    /// {tag}:relaywait t <ms>`), `WAIT 1 <wait>`. One pipeline is one node
+    /// and one connection, in order; WAIT counts the replicas that
+    /// acknowledged the connection's last write, the HSET, which comes after
+    /// every entry returned (a history read propagates nothing, so without
+    /// the write the WAIT would prove nothing for it). A retried or
+    /// redirected pipeline runs whole on the new node and ships what that
+    /// node returned and its replica acknowledged. Fewer than one replica:
+    /// nothing of the bucket is shipped this pass; the entries stay pending
+    /// here and come back through the next gated read.
+    async fn read_bucket_acked(
+        &self,
+        conn: &mut ClusterConnection,
+        bucket: u16,
+        reclaim: bool,
+        wait: Duration,
+    ) -> Result<(Vec<Entry>, u64), RelayError> {
+        let state = &self.gate[usize::from(bucket)];
+        let mut len = 0;
+        let mut reclaim_in_gate = reclaim;
+        if state.load(Ordering::Relaxed) == COLD {
+            let (found, l) = self.read_bucket_plain(conn, bucket, reclaim).await?;
+            if found.is_empty() {
+                return Ok((found, l));
+            }
+            len = l;
+            reclaim_in_gate = false;
+            state.store(HOT, Ordering::Relaxed);
+        }
+        let key = self.stock.keys().outbox(bucket);
+        let read = |from: &str| {
+            let mut c = redis::cmd("XREADGROUP");
+            c.arg("GROUP")
+                .arg(&self.group)
+                .arg(&self.consumer)
+                .arg("COUNT")
+                .arg(BATCH)
+                .arg("STREAMS")
+                .arg(&key)
+                .arg(from);
+            c
+        };
+        let mut pipe = redis::pipe();
+        if reclaim_in_gate {
+            pipe.cmd("XLEN").arg(&key);
+            pipe.cmd("XAUTOCLAIM")
+                .arg(&key)
+                .arg(&self.group)
+                .arg(&self.consumer)
+                .arg(self.reclaim_idle.as_millis() as u64)
+                .arg("0-0")
+                .arg("COUNT")
+                .arg(BATCH);
+        }
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        pipe.add_command(read("0")).add_command(read(">"));
+        pipe.cmd("HSET").arg(relay_wait_key(&key)).arg("t").arg(now_ms).ignore();
+        pipe.cmd("WAIT").arg(1).arg(wait.as_millis() as u64);
+        let mut replies: Vec<Value> = self.bounded(pipe.query_async(conn)).await?;
+        let acked = match replies.pop() {
+            Some(Value::Int(n)) => n,
+            other => return Err(protocol(format!("WAIT answered {other:?}"))),
+        };
+        let mut replies = replies.into_iter();
+        let mut entries = Vec::new();
+        if reclaim_in_gate {
+            len = redis::from_redis_value(replies.next().unwrap_or(Value::Nil)).map_err(redis::RedisError::from)?;
+            let claimed: StreamAutoClaimReply =
+                redis::from_redis_value(replies.next().unwrap_or(Value::Nil)).map_err(redis::RedisError::from)?;
+            PipelineMetrics::add(&self.metrics.reclaimed, claimed.claimed.len() as u64);
+            entries.extend(claimed.claimed.into_iter().map(entry_of));
+            entries.extend(claimed.deleted_ids.into_iter().map(|id| Entry { id, raw: None }));
+        }
+        for reply in replies {
+            entries.extend(stream_entries(reply)?);
+        }
+        // Own pending and XAUTOCLAIM can return the same entry (ours, idle).
+        let mut seen = HashSet::new();
+        entries.retain(|e| seen.insert(e.id.clone()));
+        if entries.is_empty() {
+            state.store(COLD, Ordering::Relaxed);
+            return Ok((entries, len));
+        }
+        if acked < 1 {
+            PipelineMetrics::add(&self.metrics.unreplicated, entries.len() as u64);
+            if state.swap(HELD, Ordering::Relaxed) != HELD {
+                tracing::warn!(
+                    bucket,
+                    entries = entries.len(),
+                    ?wait,
+                    "no replica acknowledged the outbox: holding its entries back"
+                );
+            }
+            return Ok((Vec::new(), len));
+        }
+        if state.swap(HOT, Ordering::Relaxed) == HELD {
+            tracing::info!(
+                bucket,
+                entries = entries.len(),
+                "a replica acknowledged the outbox again: relaying the entries held back"
+            );
         }
         Ok((entries, len))
     }
@@ -401,5 +615,27 @@ mod tests {
         assert_eq!(v["claims"].as_array().unwrap().len(), 2);
         assert_eq!(id_ms("1700000000123-4"), 1_700_000_000_123);
         assert_eq!(id_ms("junk"), 0);
+    }
+
+    #[test]
+    fn stream_replies_of_new_and_history_reads() {
+        let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        assert!(stream_entries(Value::Nil).unwrap().is_empty(), "`>` with nothing new");
+        let reply = Value::Array(vec![Value::Array(vec![
+            bulk("{fg:b1.0}:outbox"),
+            Value::Array(vec![
+                Value::Array(vec![bulk("1-0"), Value::Array(vec![bulk("r"), bulk("{}")])]),
+                // A history read answers an entry deleted while pending with nil fields.
+                Value::Array(vec![bulk("2-0"), Value::Nil]),
+            ]),
+        ])]);
+        let es = stream_entries(reply).unwrap();
+        assert_eq!(es.len(), 2);
+        assert_eq!((es[0].id.as_str(), es[0].raw.as_deref()), ("1-0", Some("{}")));
+        assert_eq!((es[1].id.as_str(), es[1].raw.as_deref()), ("2-0", None));
+        let empty = Value::Array(vec![Value::Array(vec![bulk("k"), Value::Array(vec![])])]);
+        assert!(stream_entries(empty).unwrap().is_empty(), "own pending, none");
+        assert!(stream_entries(Value::Int(3)).is_err());
+        assert_eq!(relay_wait_key("{fg:b3.7}:outbox"), "{fg:b3.7}:relaywait");
     }
 }

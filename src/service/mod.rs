@@ -40,6 +40,7 @@ impl ServiceError {
                     | StockError::Timeout(_)
                     | StockError::BreakerOpen
                     | StockError::NotReplicated { .. }
+                    | StockError::NotAcknowledged { .. }
                     | StockError::Busy
             ) | ServiceError::Db(DbError::Sql(_) | DbError::Timeout(_))
                 | ServiceError::Shed(_)

@@ -24,6 +24,9 @@
 //! script's. Fewer than one replica acknowledging is
 //! [`StockError::NotReplicated`] (503, "maybe granted": the grant and its
 //! outbox record are on the master and are persisted if the master survives).
+//! Other writes that must not be undone by a failover (the close, the stock
+//! transfers) go through [`StockStore::acked`] (`replication`): the write and
+//! the WAIT in one pipeline, [`StockError::NotAcknowledged`] without a replica.
 
 pub mod batch;
 pub mod broadcast;
@@ -31,6 +34,7 @@ pub mod keys;
 pub mod placement;
 pub mod rebalance;
 pub mod reconnect;
+pub mod replication;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,6 +70,12 @@ pub enum StockError {
     /// outbox) or be lost by a failover: the caller answers 503.
     #[error("claim {coupon} was granted but {acked} replicas acknowledged it within {wait:?}")]
     NotReplicated { coupon: String, acked: i64, wait: Duration },
+    /// `replicated` mode: a write other than a grant (a close, a stock
+    /// transfer) happened on the master but no replica acknowledged it
+    /// within the wait (see `replication`). The caller answers 503; the
+    /// write is idempotent and is retried.
+    #[error("{what}: {acked} replicas acknowledged it within {wait:?}")]
+    NotAcknowledged { what: String, acked: i64, wait: Duration },
     /// Too many claims queued for one shard (see `batch`).
     #[error("too many claims queued for one shard")]
     Busy,
@@ -83,6 +93,9 @@ impl StockError {
             StockError::BreakerOpen => StockError::BreakerOpen,
             StockError::NotReplicated { coupon, acked, wait } => {
                 StockError::NotReplicated { coupon: coupon.clone(), acked: *acked, wait: *wait }
+            }
+            StockError::NotAcknowledged { what, acked, wait } => {
+                StockError::NotAcknowledged { what: what.clone(), acked: *acked, wait: *wait }
             }
             StockError::Busy => StockError::Busy,
         }
@@ -376,12 +389,17 @@ impl StockStore {
     }
 
     /// Marks every shard closed: the claim script answers "ended" from now on.
+    /// In `replicated` mode each shard's write waits for a replica (see
+    /// `replication`): a close answered 200 is not undone by a failover.
+    /// No acknowledgement is [`StockError::NotAcknowledged`] (503); closing
+    /// again is harmless, so the caller retries.
     pub async fn close_campaign(&self, c: &Campaign) -> Result<()> {
         let writes = (0..c.shards()).map(|s| {
             let k = self.shard_keys(c, s);
-            let mut conn = self.conn.get();
             async move {
-                self.bounded(redis::cmd("HSET").arg(&k.hash).arg("closed").arg(1).query_async::<i64>(&mut conn)).await
+                let mut pipe = redis::pipe();
+                pipe.cmd("HSET").arg(&k.hash).arg("closed").arg(1);
+                self.acked(&format!("close of {} shard {s}", c.id.as_str()), &pipe, &[]).await
             }
         });
         try_join_all(writes).await?;

@@ -16,6 +16,8 @@ use serde_json::json;
 use helpers::*;
 use pressure::{DROP, FAST, Pressure, SLOW, assert_invariants_at_rest, drop_campaign, wait_claimed};
 
+mod replicated;
+
 /// Serialises the disruptive tests of this binary.
 static STACK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 

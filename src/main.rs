@@ -70,6 +70,17 @@ enum Command {
         #[arg(long)]
         repair: bool,
     },
+    /// See and replay the dead-letter queue of the claims pipeline
+    /// (`<prefix>.claims.dlq`): the claims the persist worker could not store,
+    /// each with its reason. Needs only FLASHGRAB_AMQP_URL and
+    /// FLASHGRAB_KEY_PREFIX (and FLASHGRAB_AMQP_TIMEOUT_MS).
+    #[command(after_help = DLQ_EXIT_CODES)]
+    Dlq {
+        #[command(flatten)]
+        common: Common,
+        #[command(subcommand)]
+        action: DlqAction,
+    },
     /// Apply the MySQL migrations (creating the database if needed) and exit.
     Migrate {
         #[command(flatten)]
@@ -85,6 +96,35 @@ enum Command {
         /// Lifetime of the token in seconds.
         #[arg(long, default_value_t = 86_400)]
         ttl: i64,
+    },
+}
+
+const DLQ_EXIT_CODES: &str = "Exit codes: 0 done (list: the queue is empty), 1 list: the queue holds dead \
+letters, 2 usage or configuration error, 3 RabbitMQ unreachable or no such queue (replay: what was \
+sent back before the error stays sent back; running it again is safe).";
+
+#[derive(Subcommand)]
+enum DlqAction {
+    /// Show how many messages and claims the dead-letter queue holds, how
+    /// many per reason, and the first records with their reasons. Takes
+    /// nothing away: every message read goes back to the queue. Exit code 0
+    /// when the queue is empty, 1 when it is not.
+    #[command(after_help = DLQ_EXIT_CODES)]
+    List {
+        /// Records to show.
+        #[arg(long, default_value_t = 10, value_name = "N")]
+        limit: usize,
+    },
+    /// After the cause is fixed: move the dead-lettered messages back to the
+    /// claims exchange, oldest first, for the persist worker to store. Safe
+    /// to repeat: the insert is idempotent per coupon id, and what is still
+    /// refused comes back to the dead-letter queue with its reason. Exit
+    /// code 0 when done.
+    #[command(after_help = DLQ_EXIT_CODES)]
+    Replay {
+        /// Replay at most N messages (default: all that are there now).
+        #[arg(long, value_name = "N")]
+        limit: Option<u64>,
     },
 }
 
@@ -207,6 +247,39 @@ async fn reconcile(settings: Settings, campaign: &str, repair: bool) -> ExitCode
     }
 }
 
+/// `flashgrab dlq`: talks to RabbitMQ only, so the secrets of `serve` are
+/// not required (loaded as in --dev: stand-ins are generated and never
+/// used).
+async fn dlq(common: &Common, action: DlqAction) -> ExitCode {
+    let settings = match load(&Common { dev: true, ..common.clone() }) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let (url, prefix, t) = (&settings.amqp_url, &settings.key_prefix, settings.amqp_timeout);
+    match action {
+        DlqAction::List { limit } => match flashgrab::persist::dlq::list(url, prefix, limit, t).await {
+            Ok(l) => {
+                print!("{l}");
+                if l.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) }
+            }
+            Err(e) => {
+                eprintln!("flashgrab dlq list: {e}");
+                ExitCode::from(3)
+            }
+        },
+        DlqAction::Replay { limit } => match flashgrab::persist::dlq::replay(url, prefix, limit, t).await {
+            Ok(r) => {
+                print!("{r}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("flashgrab dlq replay: {e}");
+                ExitCode::from(3)
+            }
+        },
+    }
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -227,6 +300,7 @@ async fn main() -> ExitCode {
             Ok(s) => reconcile(s, &campaign, repair).await,
             Err(code) => code,
         },
+        Command::Dlq { common, action } => dlq(&common, action).await,
         Command::Migrate { common } => match load(&common) {
             Ok(s) => match startup::migrate(&s).await {
                 Ok(_) => {

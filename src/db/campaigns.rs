@@ -43,12 +43,13 @@ impl Db {
         .bind(&c.name)
         .bind(c.total_stock)
         .bind(c.per_user_limit)
-        .bind(c.starts_at)
-        .bind(c.ends_at)
-        .bind(c.closed_at)
+        // NaiveDateTime (UTC), not DateTime<Utc>: see `insert_coupons`.
+        .bind(c.starts_at.naive_utc())
+        .bind(c.ends_at.naive_utc())
+        .bind(c.closed_at.map(|t| t.naive_utc()))
         .bind(serde_json::to_string(&c.shard_buckets).expect("vec serializes"))
         .bind(serde_json::to_string(&c.coupon).expect("terms serialize"))
-        .bind(c.created_at);
+        .bind(c.created_at.naive_utc());
         self.run(q.execute(self.pool())).await?;
         Ok(())
     }

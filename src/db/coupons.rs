@@ -112,14 +112,18 @@ impl Db {
                 let mut q: QueryBuilder<MySql> = QueryBuilder::new(
                     "INSERT INTO coupons (id, campaign_id, user_id, shard, claimed_at, valid_from, valid_until) ",
                 );
+                // Times as NaiveDateTime (UTC): sqlx sends a DateTime<Utc>
+                // as a TIMESTAMP parameter, which MariaDB turns into NULL
+                // outside 1970-01-01..2038-01-19 (a 10-year coupon claimed
+                // after 2028 would be refused by NOT NULL).
                 q.push_values(chunk, |mut b, r| {
                     b.push_bind(&r.id)
                         .push_bind(&r.campaign_id)
                         .push_bind(&r.user_id)
                         .push_bind(r.shard)
-                        .push_bind(from_ms(r.claimed_at_ms))
-                        .push_bind(from_ms(r.valid_from_ms))
-                        .push_bind(from_ms(r.valid_until_ms));
+                        .push_bind(from_ms(r.claimed_at_ms).naive_utc())
+                        .push_bind(from_ms(r.valid_from_ms).naive_utc())
+                        .push_bind(from_ms(r.valid_until_ms).naive_utc());
                 });
                 q.push(" ON DUPLICATE KEY UPDATE id = id");
                 // MySQL counts 1 per inserted row and 0 for an unchanged duplicate.

@@ -23,6 +23,28 @@ pub const MAX_CENTS: i64 = 1_000_000_000_000;
 pub const MAX_APPLIES_TO_IDS: usize = 1000;
 pub const MAX_REF_ID_LEN: usize = 64;
 
+/// The earliest time anything may name: 1970-01-01T00:00:00Z (API.md), in
+/// milliseconds since the epoch.
+pub const MIN_TIME_MS: i64 = 0;
+/// The latest: 9999-12-31T23:59:59Z (API.md).
+pub const MAX_TIME_MS: i64 = 253_402_300_799_000;
+/// The range as the error messages spell it.
+pub const TIME_RANGE: &str = "1970-01-01T00:00:00Z..=9999-12-31T23:59:59Z";
+const DAY_MS: i64 = 86_400_000;
+
+/// True when a time (milliseconds since the epoch) can travel the whole
+/// pipeline: the claim record (ms since the epoch, where the claim script
+/// reads 0 as "unset" and nothing is below it), and MySQL, whose DATETIME(3)
+/// columns hold 1000-01-01..9999-12-31 23:59:59.999 (the schema has no
+/// TIMESTAMP column, whose range would end in 2038). The API refuses a
+/// campaign whose coupons could fall outside it (see
+/// [`CreateCampaignRequest::validate`]); the relay and the persist worker
+/// use the same test on each claim record, so what the API accepted is
+/// never refused further down.
+pub fn time_in_range(ms: i64) -> bool {
+    (MIN_TIME_MS..=MAX_TIME_MS).contains(&ms)
+}
+
 /// The first invalid field of a request and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {message}")]
@@ -50,6 +72,7 @@ pub struct CreateCampaignRequest {
     /// Default 1.
     #[schema(minimum = 1, maximum = 100)]
     pub per_user_limit: Option<i64>,
+    /// Every time field lies in 1970-01-01T00:00:00Z..=9999-12-31T23:59:59Z.
     #[schema(format = DateTime)]
     pub starts_at: String,
     /// After `starts_at`.
@@ -69,6 +92,8 @@ pub struct CouponRequest {
     #[schema(minimum = 0)]
     pub min_spend_cents: Option<i64>,
     pub applies_to: Option<AppliesToRequest>,
+    /// Counted from the claim: `ends_at` plus this many days must stay
+    /// within 9999-12-31T23:59:59Z.
     #[schema(minimum = 1, maximum = 3650)]
     pub valid_for_days: Option<i64>,
     #[schema(format = DateTime)]
@@ -152,10 +177,15 @@ pub struct NewCampaign {
     pub coupon: CouponTerms,
 }
 
+/// An RFC 3339 time within [`time_in_range`].
 fn parse_time(field: &str, s: &str) -> Result<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(s)
+    let t = DateTime::parse_from_rfc3339(s)
         .map(|t| t.with_timezone(&Utc))
-        .map_err(|_| ValidationError::new(field, "must be an RFC 3339 time, e.g. 2026-11-21T20:00:00Z"))
+        .map_err(|_| ValidationError::new(field, "must be an RFC 3339 time, e.g. 2026-11-21T20:00:00Z"))?;
+    if !time_in_range(t.timestamp_millis()) {
+        return Err(ValidationError::new(field, format!("must lie in {TIME_RANGE}")));
+    }
+    Ok(t)
 }
 
 fn in_range(field: &str, v: i64, lo: i64, hi: i64) -> Result<i64> {
@@ -271,7 +301,17 @@ impl CreateCampaignRequest {
                     "one of valid_until or valid_for_days is required",
                 ));
             }
-            (Some(days), None) => (Some(in_range("coupon.valid_for_days", days, 1, MAX_VALID_FOR_DAYS)?), None),
+            (Some(days), None) => {
+                let days = in_range("coupon.valid_for_days", days, 1, MAX_VALID_FOR_DAYS)?;
+                // A claim just before `ends_at` gets valid_until = claim + days.
+                if ends_at.timestamp_millis() + days * DAY_MS > MAX_TIME_MS {
+                    return Err(ValidationError::new(
+                        "coupon.valid_for_days",
+                        format!("counted from a claim at ends_at, the coupon would end outside {TIME_RANGE}"),
+                    ));
+                }
+                (Some(days), None)
+            }
             (None, Some(until)) => {
                 let until = parse_time("coupon.valid_until", &until)?;
                 if until <= starts_at {
@@ -446,6 +486,88 @@ mod tests {
         ];
         for (body, field) in cases {
             assert_eq!(req(body.clone()), Err(field.to_owned()), "{body}");
+        }
+    }
+
+    /// Every time field of the request, against the range the pipeline can
+    /// carry: the bounds themselves pass, one millisecond beyond does not.
+    #[test]
+    fn times_outside_the_storable_range_are_refused() {
+        use serde_json::json;
+        let far = |f: &str| -> serde_json::Value {
+            let mut b = base();
+            b["coupon"].as_object_mut().unwrap().remove("valid_for_days");
+            b["coupon"]["valid_until"] = json!(f);
+            b
+        };
+        let cases: Vec<(serde_json::Value, &str)> = vec![
+            (with(&["starts_at"], json!("1969-12-31T23:59:59.999Z")), "starts_at"),
+            (with(&["starts_at"], json!("0000-01-01T00:00:00+01:00")), "starts_at"),
+            (with(&["ends_at"], json!("9999-12-31T23:59:59.001Z")), "ends_at"),
+            (far("9999-12-31T23:59:59.999Z"), "coupon.valid_until"),
+            (with(&["coupon", "valid_from"], json!("1969-07-20T20:17:40Z")), "coupon.valid_from"),
+            (with(&["coupon", "valid_from"], json!("9999-12-31T23:59:59.500Z")), "coupon.valid_from"),
+            // Counted from a claim near the end, 7 days run past 9999.
+            (with(&["ends_at"], json!("9999-12-24T23:59:59.001Z")), "coupon.valid_for_days"),
+        ];
+        for (body, field) in cases {
+            assert_eq!(req(body.clone()), Err(field.to_owned()), "{body}");
+        }
+        let mut ok = far("9999-12-31T23:59:59Z");
+        ok["coupon"]["valid_from"] = json!("1970-01-01T00:00:00Z");
+        assert!(req(ok).is_ok());
+        assert!(req(with(&["ends_at"], json!("9999-12-24T23:59:59Z"))).is_ok());
+    }
+
+    proptest::proptest! {
+        /// What the API accepts, the pipeline can store: for any accepted
+        /// campaign, the record of a claim at any moment of its window (the
+        /// times the claim script writes) passes the relay's and the
+        /// worker's check.
+        #[test]
+        fn accepted_campaigns_give_storable_records(
+            // Near either end of the range, and anywhere.
+            start in proptest::prop_oneof![
+                -1_000i64..100 * DAY_MS,
+                MAX_TIME_MS - 5000 * DAY_MS..MAX_TIME_MS + 1_000,
+                -1_000i64..MAX_TIME_MS + 1_000,
+            ],
+            len in 1i64..400 * DAY_MS,
+            at in 0.0f64..1.0,
+            days in proptest::option::of(1i64..=MAX_VALID_FOR_DAYS),
+            until_after in 1i64..4000 * DAY_MS,
+            from_before in proptest::option::of(-1_000i64..100 * DAY_MS),
+        ) {
+            let ts = |ms: i64| DateTime::<Utc>::from_timestamp_millis(ms).map(|t| t.to_rfc3339()).unwrap_or_default();
+            let mut coupon = serde_json::json!({"discount": {"type": "fixed", "amount_cents": 1}});
+            match days {
+                Some(d) => coupon["valid_for_days"] = d.into(),
+                None => coupon["valid_until"] = ts(start + until_after).into(),
+            }
+            if let Some(b) = from_before {
+                coupon["valid_from"] = ts(start - b).into();
+            }
+            let body = serde_json::json!({
+                "name": "p", "total_stock": 1, "starts_at": ts(start), "ends_at": ts(start + len), "coupon": coupon
+            });
+            let Ok(r) = serde_json::from_value::<CreateCampaignRequest>(body) else { return Ok(()) };
+            let Ok(c) = r.validate(DateTime::<Utc>::MIN_UTC) else { return Ok(()) };
+            // A claim at a moment of [starts_at, ends_at), as claim.lua builds it.
+            let (s, e) = (c.starts_at.timestamp_millis(), c.ends_at.timestamp_millis());
+            let now = s + ((e - 1 - s) as f64 * at) as i64;
+            let record = crate::domain::CouponRecord {
+                id: "01JD0000000000000000000000".into(),
+                campaign_id: "01JD0000000000000000000001".into(),
+                user_id: "u".into(),
+                shard: 0,
+                claimed_at_ms: now,
+                valid_from_ms: c.coupon.valid_from.map_or(now, |t| t.timestamp_millis()),
+                valid_until_ms: c.coupon.valid_until.map_or_else(
+                    || now + c.coupon.valid_for_days.unwrap() * DAY_MS,
+                    |t| t.timestamp_millis(),
+                ),
+            };
+            proptest::prop_assert_eq!(record.check(), Ok(()), "{:?}", c);
         }
     }
 

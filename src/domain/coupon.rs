@@ -6,6 +6,9 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::campaign::{TIME_RANGE, time_in_range};
+use super::ids::{CampaignId, CouponId, UserId};
+
 /// The claim record, as the Lua claim script encodes it (`cjson`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CouponRecord {
@@ -26,6 +29,39 @@ pub fn from_ms(ms: i64) -> DateTime<Utc> {
 }
 
 impl CouponRecord {
+    /// Checks that the record can be stored as it is: its ids, and its
+    /// times within [`time_in_range`] (the range the API holds campaigns
+    /// to). `Err` says what is wrong, for the dead-letter queue. The relay
+    /// and the persist worker both use it, one record at a time.
+    pub fn check(&self) -> Result<(), String> {
+        if CouponId::parse(&self.id).is_none() {
+            return Err(format!("bad coupon id {:?}", self.id));
+        }
+        if CampaignId::parse(&self.campaign_id).is_none() {
+            return Err(format!("bad campaign id {:?}", self.campaign_id));
+        }
+        if UserId::parse(&self.user_id).is_none() {
+            return Err("bad user id (1..=64 bytes, no control characters)".to_owned());
+        }
+        for (field, ms) in [
+            ("claimed_at_ms", self.claimed_at_ms),
+            ("valid_from_ms", self.valid_from_ms),
+            ("valid_until_ms", self.valid_until_ms),
+        ] {
+            if !time_in_range(ms) {
+                return Err(format!("{field} outside {TIME_RANGE}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Parses one raw record (an outbox entry) and [`check`](Self::check)s it.
+    pub fn parse_checked(raw: &str) -> Result<Self, String> {
+        let r: Self = serde_json::from_str(raw).map_err(|e| format!("not a claim record: {e}"))?;
+        r.check()?;
+        Ok(r)
+    }
+
     pub fn claimed_at(&self) -> DateTime<Utc> {
         from_ms(self.claimed_at_ms)
     }
@@ -48,5 +84,28 @@ mod tests {
         let r: CouponRecord = serde_json::from_str(raw).unwrap();
         assert_eq!(r.shard, 3);
         assert_eq!(r.claimed_at().to_rfc3339(), "2025-11-21T20:00:00.123+00:00");
+        assert_eq!(CouponRecord::parse_checked(raw), Ok(r));
+    }
+
+    #[test]
+    fn check_names_what_cannot_be_stored() {
+        let raw = r#"{"id":"01JD0000000000000000000000","campaign_id":"01JD0000000000000000000001","user_id":"u1","shard":3,"claimed_at_ms":1763755200123,"valid_from_ms":1763755200123,"valid_until_ms":1764360000123}"#;
+        let good = CouponRecord::parse_checked(raw).unwrap();
+        let bound =
+            CouponRecord { valid_from_ms: 0, valid_until_ms: super::super::campaign::MAX_TIME_MS, ..good.clone() };
+        assert_eq!(bound.check(), Ok(()));
+        let cases: Vec<(CouponRecord, &str)> = vec![
+            (CouponRecord { valid_until_ms: 253_402_300_799_999, ..good.clone() }, "valid_until_ms"),
+            (CouponRecord { valid_from_ms: -1, ..good.clone() }, "valid_from_ms"),
+            (CouponRecord { claimed_at_ms: i64::MAX, ..good.clone() }, "claimed_at_ms"),
+            (CouponRecord { id: "nope".into(), ..good.clone() }, "coupon id"),
+            (CouponRecord { campaign_id: "nope".into(), ..good.clone() }, "campaign id"),
+            (CouponRecord { user_id: "x".repeat(65), ..good.clone() }, "user id"),
+        ];
+        for (r, what) in cases {
+            let e = r.check().unwrap_err();
+            assert!(e.contains(what), "{e} should name {what}");
+        }
+        assert!(CouponRecord::parse_checked(r#"{"id":"x"}"#).unwrap_err().starts_with("not a claim record"));
     }
 }

@@ -569,7 +569,7 @@ impl Relay {
         let mut bad: Vec<&Entry> = Vec::new();
         for e in work.iter().flat_map(|(_, es)| es) {
             match e.raw.as_deref() {
-                Some(raw) if serde_json::from_str::<CouponRecord>(raw).is_ok() => good.push(raw),
+                Some(raw) if CouponRecord::parse_checked(raw).is_ok() => good.push(raw),
                 Some(_) => bad.push(e),
                 None => {}
             }

@@ -9,3 +9,4 @@ mod concurrency;
 mod ops;
 mod persistence;
 mod redeem;
+mod validation;

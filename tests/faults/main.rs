@@ -3,6 +3,7 @@
 //! API tests (cargo runs test binaries one after another), and they take a
 //! lock among themselves.
 
+mod dlq;
 #[path = "../api/helpers.rs"]
 #[allow(dead_code)]
 mod helpers;

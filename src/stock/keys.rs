@@ -10,6 +10,7 @@
 //! {fg:b<k>.<n>}:c:<campaign>:<shard>:xout     HASH   outgoing stock transfers (journal)
 //! {fg:b<k>.<n>}:c:<campaign>:<shard>:xin      HASH   applied incoming transfers
 //! {fg:b<k>.<n>}:outbox                        STREAM claim records of every shard in bucket k
+//! {fg:b<k>.<n>}:xpend                         SET    "campaign:shard" of bucket k with journal entries
 //! ```
 //!
 //! There is a fixed number of buckets ([`OUTBOX_BUCKETS`]), whatever the
@@ -92,6 +93,12 @@ impl KeyLayout {
     /// The outbox stream of a bucket.
     pub fn outbox(&self, bucket: u16) -> String {
         format!("{{{}}}:outbox", self.bucket_tags[usize::from(bucket)])
+    }
+
+    /// The set of shards of bucket `bucket` with transfer journal entries
+    /// (`"campaign:shard"`), read by the periodic transfer recovery.
+    pub fn pending_transfers(&self, bucket: u16) -> String {
+        format!("{{{}}}:xpend", self.bucket_tags[usize::from(bucket)])
     }
 
     /// Keys of one shard of a campaign placed in `bucket`.

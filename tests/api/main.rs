@@ -8,3 +8,4 @@ mod claims;
 mod ops;
 mod persistence;
 mod redeem;
+mod stock;

@@ -36,7 +36,7 @@ pub enum StartupError {
 /// Period of the stock transfer recovery pass, and the age from which it
 /// lands a journaled transfer (a live one takes milliseconds).
 const TRANSFER_RECOVERY_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
-const TRANSFER_RECOVERY_AGE: std::time::Duration = std::time::Duration::from_secs(5);
+const TRANSFER_RECOVERY_AGE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A bound, wired, not yet serving instance.
 pub struct Application {

@@ -142,8 +142,8 @@ impl StockStore {
             .arg(&k.coupons)
             .cmd("HGETALL")
             .arg(&k.xout);
-        let ((remaining, epoch), claimed, journal): ((Option<i64>, Option<i64>), i64, Vec<(String, String)>) =
-            self.bounded(pipe.query_async(&mut conn)).await?;
+        type Reply = ((Option<i64>, Option<i64>), i64, Vec<(String, String)>);
+        let ((remaining, epoch), claimed, journal): Reply = self.bounded(pipe.query_async(&mut conn)).await?;
         let mut pending = Vec::with_capacity(journal.len());
         for (id, v) in journal {
             let entry = parse_journal_entry(id, &v)
@@ -269,7 +269,7 @@ impl StockStore {
     /// finished meanwhile.
     async fn land(&self, donor: &ShardKeys, dest: &ShardKeys, e: &JournalEntry) -> Result<bool> {
         if matches!(self.durability, Durability::Replicated { .. }) {
-            let (v, acked) = self.eval_step(&self.scripts.confirm, &[&donor.xout], &[e.id.clone()]).await?;
+            let (v, acked) = self.eval_step(&self.scripts.confirm, &[&donor.xout], std::slice::from_ref(&e.id)).await?;
             if v == Value::Nil {
                 return Ok(false);
             }
@@ -359,19 +359,17 @@ impl StockStore {
         Ok(landed)
     }
 
-    /// The recovery task of `serve`: a pass at once (startup: whatever a
-    /// dead instance left, whatever its age), then one every `every` for
-    /// entries older than `min_age`, until `stop`. Errors are logged and
-    /// the next pass tries again.
+    /// The recovery task of `serve`: a pass at once (startup: what a dead
+    /// instance left), then one every `every`, until `stop`; each lands
+    /// the entries older than `min_age` (a live transfer takes
+    /// milliseconds). Errors are logged and the next pass tries again.
     pub async fn recover_transfers(self, every: Duration, min_age: Duration, stop: CancellationToken) {
-        let mut age = Duration::ZERO;
         loop {
-            match self.recover_pending(age).await {
+            match self.recover_pending(min_age).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(transfers = n, "landed interrupted stock transfers"),
                 Err(e) => tracing::warn!(error = %e, "transfer recovery pass failed; retrying later"),
             }
-            age = min_age;
             tokio::select! {
                 () = stop.cancelled() => return,
                 () = tokio::time::sleep(every) => {}

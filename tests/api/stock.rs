@@ -171,9 +171,24 @@ async fn interrupted_transfers_are_counted_once_and_recovered_at_startup() {
     assert_eq!(st["shards"][2]["in_flight"], 0, "a landed transfer is not in flight: {st}");
     assert_eq!(journaled(&app.stock, &c).await, 2);
 
-    // A new instance (the old one "restarted"): its startup pass lands both.
-    let restarted = spawn_named(1, &prefix, &db_name, false, false).await;
+    // A new instance (the old one "restarted"): its startup pass lands both
+    // once they are old enough not to be live transfers (2 s, Redis time).
+    let mut conn = app.stock.connection();
+    let taken_at: u64 = {
+        let (now, _): (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await.unwrap();
+        now
+    };
     let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (now, _): (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await.unwrap();
+        if now >= taken_at + 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "redis time does not move");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let restarted = spawn_named(1, &prefix, &db_name, false, false).await;
+    let deadline = Instant::now() + Duration::from_secs(8);
     while journaled(&restarted.stock, &c).await > 0 {
         assert!(Instant::now() < deadline, "the restarted instance never recovered the transfers");
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -162,7 +162,7 @@ mod tests {
         let k = KeyLayout::new("t1");
         let s = k.shard(5, "01JD0000000000000000000000", 7);
         let slot = key_slot(s.hash.as_bytes());
-        for key in [&s.holders, &s.coupons, &s.idem, &s.xout, &s.xin, &s.outbox] {
+        for key in [&s.holders, &s.coupons, &s.idem, &s.xout, &s.xin, &s.outbox, &k.pending_transfers(5)] {
             assert_eq!(key_slot(key.as_bytes()), slot, "{key}");
         }
         assert_eq!(slot, k.bucket_slot(5));

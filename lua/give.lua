@@ -4,9 +4,10 @@
 -- by a recovering instance is a no-op. Entries of the in-journal are never
 -- deleted (a replay can come at any time after the donor's entry was read);
 -- they are a few bytes per transfer and transfers only happen when a shard
--- runs dry.
+-- runs dry. Applying bumps the destination's transfer epoch `xe` (see
+-- take.lua).
 --
--- KEYS[1] destination shard       HASH (field remaining)
+-- KEYS[1] destination shard       HASH (fields remaining, xe)
 -- KEYS[2] destination in-journal  HASH transfer_id -> units
 --
 -- ARGV[1] transfer id
@@ -18,4 +19,5 @@ if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2]) == 0 then
   return 0
 end
 redis.call('HINCRBY', KEYS[1], 'remaining', tonumber(ARGV[2]))
+redis.call('HINCRBY', KEYS[1], 'xe', 1)
 return 1

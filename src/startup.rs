@@ -33,6 +33,11 @@ pub enum StartupError {
     Bind { addr: SocketAddr, source: std::io::Error },
 }
 
+/// Period of the stock transfer recovery pass, and the age from which it
+/// lands a journaled transfer (a live one takes milliseconds).
+const TRANSFER_RECOVERY_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+const TRANSFER_RECOVERY_AGE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// A bound, wired, not yet serving instance.
 pub struct Application {
     listener: TcpListener,
@@ -158,6 +163,13 @@ impl Application {
         let front_stop = CancellationToken::new();
         let _front_guard = front_stop.clone().drop_guard();
         tokio::spawn(self.state.protection.clone().run_housekeeping(front_stop.clone()));
+        // Stock transfers a dead instance left half-done: at once, then
+        // periodically (see `stock::rebalance`).
+        tokio::spawn(self.state.stock.clone().recover_transfers(
+            TRANSFER_RECOVERY_EVERY,
+            TRANSFER_RECOVERY_AGE,
+            front_stop.clone(),
+        ));
         {
             let state = self.state.clone();
             tokio::spawn(self.notices.run(move |n| apply_notice(&state, n), front_stop.clone()));

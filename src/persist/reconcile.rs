@@ -69,6 +69,8 @@ pub async fn reconcile(
     c: &Campaign,
     repair: bool,
 ) -> Result<ReconcileReport, ServiceError> {
+    // Land the stock transfers a dead process left, so the stats at rest add up.
+    stock.recover(c).await?;
     let granted = stock.campaign_records(c).await?;
     let rows = db.campaign_coupons(c.id.as_str()).await?;
     let by_id: HashMap<&str, &CouponRecord> = granted.iter().map(|r| (r.id.as_str(), r)).collect();

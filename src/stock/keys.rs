@@ -10,6 +10,7 @@
 //! {fg:b<k>.<n>}:c:<campaign>:<shard>:xout     HASH   outgoing stock transfers (journal)
 //! {fg:b<k>.<n>}:c:<campaign>:<shard>:xin      HASH   applied incoming transfers
 //! {fg:b<k>.<n>}:outbox                        STREAM claim records of every shard in bucket k
+//! {fg:b<k>.<n>}:xpend                         SET    "campaign:shard" of bucket k with journal entries
 //! ```
 //!
 //! There is a fixed number of buckets ([`OUTBOX_BUCKETS`]), whatever the
@@ -94,6 +95,12 @@ impl KeyLayout {
         format!("{{{}}}:outbox", self.bucket_tags[usize::from(bucket)])
     }
 
+    /// The set of shards of bucket `bucket` with transfer journal entries
+    /// (`"campaign:shard"`), read by the periodic transfer recovery.
+    pub fn pending_transfers(&self, bucket: u16) -> String {
+        format!("{{{}}}:xpend", self.bucket_tags[usize::from(bucket)])
+    }
+
     /// Keys of one shard of a campaign placed in `bucket`.
     pub fn shard(&self, bucket: u16, campaign: &str, shard: u32) -> ShardKeys {
         let base = format!("{{{}}}:c:{campaign}:{shard}", self.bucket_tags[usize::from(bucket)]);
@@ -155,7 +162,7 @@ mod tests {
         let k = KeyLayout::new("t1");
         let s = k.shard(5, "01JD0000000000000000000000", 7);
         let slot = key_slot(s.hash.as_bytes());
-        for key in [&s.holders, &s.coupons, &s.idem, &s.xout, &s.xin, &s.outbox] {
+        for key in [&s.holders, &s.coupons, &s.idem, &s.xout, &s.xin, &s.outbox, &k.pending_transfers(5)] {
             assert_eq!(key_slot(key.as_bytes()), slot, "{key}");
         }
         assert_eq!(slot, k.bucket_slot(5));

@@ -79,6 +79,11 @@ pub enum StockError {
     /// Too many claims queued for one shard (see `batch`).
     #[error("too many claims queued for one shard")]
     Busy,
+    /// `replicated` mode: a step of a stock transfer ran on the master but
+    /// no replica acknowledged it in time; the transfer stopped there (it
+    /// stays journaled and is finished by a later recovery).
+    #[error("transfer {id}: {step} was not acknowledged by a replica within {wait:?} ({acked} acked)")]
+    TransferNotReplicated { id: String, step: &'static str, acked: i64, wait: Duration },
 }
 
 impl StockError {
@@ -98,6 +103,9 @@ impl StockError {
                 StockError::NotAcknowledged { what: what.clone(), acked: *acked, wait: *wait }
             }
             StockError::Busy => StockError::Busy,
+            StockError::TransferNotReplicated { id, step, acked, wait } => {
+                StockError::TransferNotReplicated { id: id.clone(), step, acked: *acked, wait: *wait }
+            }
         }
     }
 }
@@ -196,6 +204,8 @@ struct Scripts {
     claim: redis::Script,
     take: redis::Script,
     give: redis::Script,
+    confirm: redis::Script,
+    settle: redis::Script,
 }
 
 impl Scripts {
@@ -204,6 +214,8 @@ impl Scripts {
             claim: redis::Script::new(include_str!("../../lua/claim.lua")),
             take: redis::Script::new(include_str!("../../lua/take.lua")),
             give: redis::Script::new(include_str!("../../lua/give.lua")),
+            confirm: redis::Script::new(include_str!("../../lua/confirm.lua")),
+            settle: redis::Script::new(include_str!("../../lua/settle.lua")),
         }
     }
 }
@@ -542,18 +554,23 @@ impl StockStore {
         Ok(ClaimOutcome::Contended)
     }
 
-    /// Remaining, claimed and in-flight units of every shard.
+    /// Remaining, claimed and in-flight units of every shard. A unit is
+    /// counted once: a journal entry whose transfer already landed (its id
+    /// is in the destination's `xin`: a process died before deleting it) is
+    /// in the destination's `remaining`, not in flight.
     pub async fn shard_stats(&self, c: &Campaign) -> Result<Vec<ShardStats>> {
         let reads = (0..c.shards()).map(|s| self.read_shard(c, s));
         let snaps = try_join_all(reads).await?;
+        let unlanded = self.unlanded(c, &snaps).await?;
         Ok(snaps
             .into_iter()
+            .zip(unlanded)
             .enumerate()
-            .map(|(i, s)| ShardStats {
+            .map(|(i, (s, in_flight))| ShardStats {
                 shard: i as u32,
-                remaining: s.remaining + s.in_flight(),
+                remaining: s.remaining + in_flight,
                 claimed: s.claimed,
-                in_flight: s.in_flight(),
+                in_flight,
             })
             .collect())
     }

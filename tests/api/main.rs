@@ -9,4 +9,5 @@ mod concurrency;
 mod ops;
 mod persistence;
 mod redeem;
+mod stock;
 mod validation;

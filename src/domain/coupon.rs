@@ -18,6 +18,12 @@ pub struct CouponRecord {
     pub claimed_at_ms: i64,
     pub valid_from_ms: i64,
     pub valid_until_ms: i64,
+    /// The `Idempotency-Key` of the claim, when it had one. Kept with the
+    /// record (and in MySQL) so that `reconcile --repair` can give Redis
+    /// back the key of a grant a failover lost: the client's retry then
+    /// still finds its coupon instead of claiming again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
 }
 
 /// Milliseconds since the epoch to a UTC time (saturating on nonsense).
@@ -48,5 +54,9 @@ mod tests {
         let r: CouponRecord = serde_json::from_str(raw).unwrap();
         assert_eq!(r.shard, 3);
         assert_eq!(r.claimed_at().to_rfc3339(), "2025-11-21T20:00:00.123+00:00");
+        assert_eq!(r.idempotency_key, None);
+        let keyed = raw.replace('}', r#","idempotency_key":"k\/1"}"#);
+        let r: CouponRecord = serde_json::from_str(&keyed).unwrap();
+        assert_eq!(r.idempotency_key.as_deref(), Some("k/1"), "cjson escapes the slash");
     }
 }

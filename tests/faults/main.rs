@@ -14,6 +14,8 @@ use serde_json::json;
 
 use helpers::*;
 
+mod retries;
+
 /// Serialises the disruptive tests of this binary.
 static STACK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 

@@ -31,6 +31,7 @@ pub mod keys;
 pub mod placement;
 pub mod rebalance;
 pub mod reconnect;
+pub mod restore;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -7,4 +7,6 @@ mod campaigns;
 mod claims;
 mod ops;
 mod persistence;
+mod recovery;
 mod redeem;
+mod replays;

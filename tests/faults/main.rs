@@ -14,6 +14,7 @@ use serde_json::json;
 
 use helpers::*;
 
+mod repair;
 mod retries;
 
 /// Serialises the disruptive tests of this binary.

@@ -204,10 +204,14 @@ impl ClaimService {
                 ClaimResult::NotStarted { starts_at: crate::domain::coupon::from_ms(starts_ms) }
             }
             ClaimOutcome::Ended => {
-                // The terms here said open: the campaign was closed and this
-                // instance missed the notice (or its clock is behind).
-                // Remember it, so the next claims are answered from memory.
-                self.campaigns.apply_closed(campaign_id, now);
+                // If the terms here said open, the campaign was closed and
+                // this instance missed the notice (or its clock is behind):
+                // remember it, so the next claims are answered from memory.
+                // (A keyed claim past the end gets here with terms that
+                // already say ended: nothing to learn.)
+                if window_answer(&campaign, now).is_none() {
+                    self.campaigns.apply_closed(campaign_id, now);
+                }
                 ClaimResult::Ended
             }
             ClaimOutcome::SoldOut => {

@@ -110,6 +110,7 @@ async fn baseline(rows: u64) -> f64 {
             claimed_at_ms: now.timestamp_millis(),
             valid_from_ms: now.timestamp_millis(),
             valid_until_ms: now.timestamp_millis() + 86_400_000,
+            idempotency_key: None,
         })
         .collect();
     let start = Instant::now();

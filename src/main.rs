@@ -59,14 +59,17 @@ enum Command {
         common: Common,
     },
     /// Compare the claims granted in Redis with the rows in MySQL for one
-    /// campaign. Exit code 0 when they match, 1 when they do not.
+    /// campaign, and check oversell, per-user limit and stock conservation.
+    /// Exit code 0 when all is well, 1 when not (the report says what).
     Reconcile {
         #[command(flatten)]
         common: Common,
         /// The campaign id.
         #[arg(long)]
         campaign: String,
-        /// Write the missing rows (idempotent; never deletes or rewrites).
+        /// Write the missing rows into MySQL, and write grants Redis lost (a
+        /// failover in `fast` mode) back into Redis from their rows: record,
+        /// holder, idempotency key, one unit less. Idempotent; never deletes.
         #[arg(long)]
         repair: bool,
     },

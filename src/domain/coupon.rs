@@ -21,6 +21,12 @@ pub struct CouponRecord {
     pub claimed_at_ms: i64,
     pub valid_from_ms: i64,
     pub valid_until_ms: i64,
+    /// The `Idempotency-Key` of the claim, when it had one. Kept with the
+    /// record (and in MySQL) so that `reconcile --repair` can give Redis
+    /// back the key of a grant a failover lost: the client's retry then
+    /// still finds its coupon instead of claiming again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
 }
 
 /// Milliseconds since the epoch to a UTC time (saturating on nonsense).
@@ -51,6 +57,10 @@ impl CouponRecord {
             if !time_in_range(ms) {
                 return Err(format!("{field} outside {TIME_RANGE}"));
             }
+        }
+        // The column is VARCHAR(64); the API refuses longer keys already.
+        if self.idempotency_key.as_ref().is_some_and(|k| k.len() > 64) {
+            return Err("idempotency key over 64 bytes".to_owned());
         }
         Ok(())
     }
@@ -84,7 +94,11 @@ mod tests {
         let r: CouponRecord = serde_json::from_str(raw).unwrap();
         assert_eq!(r.shard, 3);
         assert_eq!(r.claimed_at().to_rfc3339(), "2025-11-21T20:00:00.123+00:00");
+        assert_eq!(r.idempotency_key, None);
         assert_eq!(CouponRecord::parse_checked(raw), Ok(r));
+        let keyed = raw.replace('}', r#","idempotency_key":"k\/1"}"#);
+        let r: CouponRecord = serde_json::from_str(&keyed).unwrap();
+        assert_eq!(r.idempotency_key.as_deref(), Some("k/1"), "cjson escapes the slash");
     }
 
     #[test]
@@ -101,6 +115,7 @@ mod tests {
             (CouponRecord { id: "nope".into(), ..good.clone() }, "coupon id"),
             (CouponRecord { campaign_id: "nope".into(), ..good.clone() }, "campaign id"),
             (CouponRecord { user_id: "x".repeat(65), ..good.clone() }, "user id"),
+            (CouponRecord { idempotency_key: Some("k".repeat(65)), ..good.clone() }, "idempotency key"),
         ];
         for (r, what) in cases {
             let e = r.check().unwrap_err();

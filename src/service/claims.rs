@@ -165,9 +165,9 @@ impl ClaimService {
             return Some(ClaimResult::SoldOut);
         }
         // Before the start, after the end, once closed: from the cached
-        // terms, with or without a key (the script checks the window before
-        // the key too).
-        self.campaigns.cached(campaign_id).and_then(|c| window_answer(&c, now))
+        // terms. After the end only without a key: a keyed retry of a claim
+        // granted in time must reach the script, which replays it.
+        self.campaigns.cached(campaign_id).and_then(|c| window_answer_for(&c, idempotency_key, now))
     }
 
     async fn claim_from_redis(
@@ -185,14 +185,17 @@ impl ClaimService {
         let Some(campaign) = self.campaigns.find(campaign_id).await? else {
             return Ok(ClaimResult::CampaignNotFound);
         };
-        if let Some(answer) = window_answer(&campaign, now) {
+        if let Some(answer) = window_answer_for(&campaign, idempotency_key, now) {
             return Ok(answer);
         }
         let coupon = CouponId::generate();
         let outcome = self.stock.claim(&campaign, user, &coupon, idempotency_key).await?;
         Ok(match outcome {
             ClaimOutcome::Granted(r) => ClaimResult::Granted(CouponView::new(&r, &campaign, None, now)),
-            ClaimOutcome::Replayed(r) => ClaimResult::Replayed(CouponView::new(&r, &campaign, None, now)),
+            ClaimOutcome::Replayed(r) => {
+                let redemption = self.redemption_of(&r.id).await;
+                ClaimResult::Replayed(CouponView::new(&r, &campaign, redemption, now))
+            }
             ClaimOutcome::Holding(ids) if campaign.per_user_limit == 1 => {
                 ClaimResult::AlreadyClaimed { coupon_id: ids.into_iter().next().unwrap_or_default() }
             }
@@ -201,10 +204,14 @@ impl ClaimService {
                 ClaimResult::NotStarted { starts_at: crate::domain::coupon::from_ms(starts_ms) }
             }
             ClaimOutcome::Ended => {
-                // The terms here said open: the campaign was closed and this
-                // instance missed the notice (or its clock is behind).
-                // Remember it, so the next claims are answered from memory.
-                self.campaigns.apply_closed(campaign_id, now);
+                // If the terms here said open, the campaign was closed and
+                // this instance missed the notice (or its clock is behind):
+                // remember it, so the next claims are answered from memory.
+                // (A keyed claim past the end gets here with terms that
+                // already say ended: nothing to learn.)
+                if window_answer(&campaign, now).is_none() {
+                    self.campaigns.apply_closed(campaign_id, now);
+                }
                 ClaimResult::Ended
             }
             ClaimOutcome::SoldOut => {
@@ -224,6 +231,21 @@ impl ClaimService {
                 ClaimResult::CampaignNotFound
             }
         })
+    }
+
+    /// The redemption of a replayed coupon. Redis's claim record knows
+    /// nothing of redemptions (MySQL decides them), so a replay of a coupon
+    /// redeemed since would say "claimed": only replays (a client's retry,
+    /// rare) pay this primary-key read. If MySQL cannot answer, the replay
+    /// is answered from the record alone: a claim never waits on MySQL.
+    async fn redemption_of(&self, coupon_id: &str) -> Option<Redemption> {
+        match self.db.coupon(coupon_id).await {
+            Ok(row) => row.and_then(|r| r.redemption),
+            Err(e) => {
+                tracing::warn!(error = %e, coupon = coupon_id, "replay: no redemption state from mysql, answering from the claim record");
+                None
+            }
+        }
     }
 
     /// The user's coupons: the claim records in Redis (a claim shows the
@@ -303,5 +325,17 @@ pub fn window_answer(c: &Campaign, now: DateTime<Utc>) -> Option<ClaimResult> {
         CampaignStatus::Scheduled => Some(ClaimResult::NotStarted { starts_at: c.starts_at }),
         CampaignStatus::Ended => Some(ClaimResult::Ended),
         CampaignStatus::Live | CampaignStatus::SoldOut => None,
+    }
+}
+
+/// [`window_answer`] for a claim with or without an `Idempotency-Key`: a
+/// keyed claim after the end (or the close) is not answered `ended` here,
+/// it goes to the script, which replays the coupon granted for the key in
+/// time (and answers `ended` otherwise). Before the start nothing can have
+/// been granted, so that answer holds with a key too.
+pub fn window_answer_for(c: &Campaign, idempotency_key: Option<&str>, now: DateTime<Utc>) -> Option<ClaimResult> {
+    match window_answer(c, now) {
+        Some(ClaimResult::Ended) if idempotency_key.is_some() => None,
+        other => other,
     }
 }

@@ -35,6 +35,7 @@ pub mod placement;
 pub mod rebalance;
 pub mod reconnect;
 pub mod replication;
+pub mod restore;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -450,9 +451,17 @@ impl StockStore {
     /// acknowledged this very script's writes. (A WAIT sent separately could
     /// land elsewhere: the cluster client falls back to another node, even a
     /// random one, when the master's connection is gone, and a WAIT there
-    /// proves nothing.) A redirected or retried call runs the script again
-    /// with the same coupon ids: on a new master that already has a grant it
-    /// answers "holding" (409), never a 201 the WAIT did not cover.
+    /// proves nothing.)
+    ///
+    /// The client resends a call after a dropped connection or an I/O error
+    /// (`.retries(3)`, and MOVED/ASK redirects), and the first copy may
+    /// already have run. The script is idempotent per coupon id: a claim
+    /// whose record exists is answered "granted" with that record again
+    /// and nothing changes (no second decrement, holder entry or outbox
+    /// entry), so the caller still answers the one 201 the client asked
+    /// for. In `replicated` mode such a re-run writes a no-op, so the WAIT
+    /// behind it still counts replicas that have the grant: never a 201 the
+    /// WAIT did not cover.
     ///
     /// The outer error is the call's (every claim fails with it); the inner
     /// ones are per claim (`NotReplicated` for a grant no replica acked).

@@ -8,6 +8,8 @@ mod claims;
 mod concurrency;
 mod ops;
 mod persistence;
+mod recovery;
 mod redeem;
+mod replays;
 mod stock;
 mod validation;

@@ -19,6 +19,9 @@ use pressure::{DROP, FAST, Pressure, SLOW, assert_invariants_at_rest, drop_campa
 
 mod replicated;
 
+mod repair;
+mod retries;
+
 /// Serialises the disruptive tests of this binary.
 static STACK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 

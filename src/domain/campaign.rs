@@ -566,6 +566,7 @@ mod tests {
                     || now + c.coupon.valid_for_days.unwrap() * DAY_MS,
                     |t| t.timestamp_millis(),
                 ),
+                idempotency_key: None,
             };
             proptest::prop_assert_eq!(record.check(), Ok(()), "{:?}", c);
         }

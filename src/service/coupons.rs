@@ -296,6 +296,7 @@ mod tests {
             valid_from: from_ms(from_ms_),
             valid_until: from_ms(i64::MAX / 2),
             redemption: None,
+            idempotency_key: None,
         }
     }
 

@@ -176,7 +176,7 @@ impl StockStore {
                 }
                 Ok((self.bounded(inv.invoke_async(&mut conn)).await?, None))
             }
-            Durability::Replicated { wait } => {
+            Durability::Replicated { .. } => {
                 let mut evalsha = redis::cmd("EVALSHA");
                 evalsha.arg(script.get_hash()).arg(keys.len());
                 for k in keys {
@@ -186,20 +186,10 @@ impl StockStore {
                     evalsha.arg(a);
                 }
                 let mut pipe = redis::pipe();
-                pipe.add_command(evalsha).cmd("WAIT").arg(1).arg(wait.as_millis() as u64);
-                let mut loaded = false;
-                loop {
-                    match self.bounded(pipe.query_async::<(Value, i64)>(&mut conn)).await {
-                        Err(StockError::Redis(e)) if !loaded && e.code() == Some("NOSCRIPT") => {
-                            self.bounded(script.load_async(&mut conn)).await?;
-                            loaded = true;
-                        }
-                        r => {
-                            let (v, acked) = r?;
-                            return Ok((v, Some(acked)));
-                        }
-                    }
-                }
+                pipe.add_command(evalsha);
+                let (mut replies, acked) = self.with_wait(&pipe, &[script]).await?;
+                let v = replies.pop().ok_or_else(|| StockError::Protocol("transfer step: no reply".into()))?;
+                Ok((v, acked))
             }
         }
     }

@@ -32,23 +32,38 @@ impl StockStore {
     /// NOSCRIPT (a restarted node, a promoted replica) and the pipeline is
     /// sent once more. `what` names the write in the error and the log.
     pub async fn acked(&self, what: &str, pipe: &redis::Pipeline, scripts: &[&redis::Script]) -> Result<Vec<Value>> {
+        let (replies, acked) = self.with_wait(pipe, scripts).await?;
+        match (acked, self.durability) {
+            (Some(acked), Durability::Replicated { wait }) if acked < 1 => {
+                tracing::warn!(what, acked, ?wait, "no replica acknowledged a write in time: answering 503");
+                Err(StockError::NotAcknowledged { what: what.to_owned(), acked, wait })
+            }
+            _ => Ok(replies),
+        }
+    }
+
+    /// `pipe` as ONE pipeline (the caller's part as for [`acked`](Self::acked)),
+    /// in `replicated` mode with `WAIT 1 <wait>` appended; returns the
+    /// replies of `pipe`'s own commands and how many replicas acknowledged
+    /// (None in `fast` mode). For callers with their own error for a
+    /// missing acknowledgement (the transfer steps of `rebalance`).
+    pub(crate) async fn with_wait(
+        &self,
+        pipe: &redis::Pipeline,
+        scripts: &[&redis::Script],
+    ) -> Result<(Vec<Value>, Option<i64>)> {
         let mut conn = self.conn.get();
         let wait = match self.durability {
-            Durability::Fast => return self.run_loading(&mut conn, pipe, scripts).await,
+            Durability::Fast => return Ok((self.run_loading(&mut conn, pipe, scripts).await?, None)),
             Durability::Replicated { wait } => wait,
         };
         let mut pipe = pipe.clone();
         pipe.cmd("WAIT").arg(1).arg(wait.as_millis() as u64);
         let mut replies = self.run_loading(&mut conn, &pipe, scripts).await?;
-        let acked = match replies.pop() {
-            Some(Value::Int(n)) => n,
-            other => return Err(StockError::Protocol(format!("WAIT answered {other:?}"))),
-        };
-        if acked < 1 {
-            tracing::warn!(what, acked, ?wait, "no replica acknowledged a write in time: answering 503");
-            return Err(StockError::NotAcknowledged { what: what.to_owned(), acked, wait });
+        match replies.pop() {
+            Some(Value::Int(n)) => Ok((replies, Some(n))),
+            other => Err(StockError::Protocol(format!("WAIT answered {other:?}"))),
         }
-        Ok(replies)
     }
 
     /// `pipe` on `conn`, loading `scripts` and retrying once on NOSCRIPT.

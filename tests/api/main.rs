@@ -2,6 +2,8 @@
 //! (faster to link); each test isolates itself by key prefix and database.
 
 mod helpers;
+#[path = "../support/private_cluster.rs"]
+mod private_cluster;
 
 mod campaigns;
 mod claims;

@@ -3,7 +3,6 @@
 //! count a unit once. The protocol itself is model-checked by
 //! `scripts/model-check` (src/stock/rebalance.pml); these tests run it.
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use flashgrab::domain::Campaign;
@@ -13,6 +12,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::helpers::*;
+use crate::private_cluster::PrivateCluster;
 
 fn campaign_with(stock: u64, shards: u64) -> Value {
     let mut b = campaign_body(stock);
@@ -225,115 +225,13 @@ async fn reconcile_lands_interrupted_transfers() {
     app.cleanup().await;
 }
 
-/// A private Redis Cluster of 3 masters with one replica each, on free
-/// ports: its replicas can be frozen without disturbing anyone.
-struct ReplicatedCluster {
-    ports: Vec<u16>,
-    children: Vec<Child>,
-    dir: std::path::PathBuf,
-}
-
-fn redis_cli(port: u16, args: &[&str]) -> String {
-    let out = Command::new("redis-cli").arg("-p").arg(port.to_string()).args(args).output().expect("redis-cli runs");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-impl ReplicatedCluster {
-    async fn start() -> Self {
-        let dir = std::env::temp_dir().join(format!("fg-stock-cluster-{}", ulid::Ulid::new()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let free = |p: u16| {
-            std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()
-                && std::net::TcpListener::bind(("127.0.0.1", p + 10_000)).is_ok()
-        };
-        let mut next = 41_000 + (std::process::id() % 4_000) as u16;
-        let mut ports = Vec::new();
-        while ports.len() < 6 {
-            if free(next) {
-                ports.push(next);
-            }
-            next += 1;
-        }
-        let children = ports
-            .iter()
-            .map(|p| {
-                Command::new("redis-server")
-                    .args(["--port", &p.to_string(), "--bind", "127.0.0.1", "--protected-mode", "no"])
-                    .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "5000"])
-                    .args(["--cluster-config-file", &format!("nodes-{p}.conf")])
-                    .args(["--save", "", "--appendonly", "no"])
-                    .arg("--dir")
-                    .arg(&dir)
-                    .stdout(Stdio::null())
-                    .spawn()
-                    .expect("redis-server starts")
-            })
-            .collect();
-        let me = Self { ports, children, dir };
-        for p in &me.ports {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while redis_cli(*p, &["ping"]).trim() != "PONG" {
-                assert!(Instant::now() < deadline, "redis {p} does not answer");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-        let addrs: Vec<String> = me.ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-        let out = Command::new("redis-cli")
-            .args(["--cluster", "create"])
-            .args(&addrs)
-            .args(["--cluster-replicas", "1", "--cluster-yes"])
-            .output()
-            .expect("redis-cli --cluster create");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !me.ports.iter().all(|p| {
-            redis_cli(*p, &["cluster", "info"]).contains("cluster_state:ok")
-                && (!redis_cli(*p, &["role"]).starts_with("slave")
-                    || redis_cli(*p, &["info", "replication"]).contains("master_link_status:up"))
-        }) {
-            assert!(Instant::now() < deadline, "private cluster never got ok");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        me
-    }
-
-    fn nodes(&self) -> Vec<String> {
-        self.ports.iter().map(|p| format!("redis://127.0.0.1:{p}")).collect()
-    }
-
-    fn replicas(&self) -> Vec<usize> {
-        (0..self.ports.len()).filter(|i| redis_cli(self.ports[*i], &["role"]).starts_with("slave")).collect()
-    }
-
-    fn signal(&self, which: &[usize], sig: &str) {
-        for i in which {
-            let ok = Command::new("kill")
-                .args([sig, &self.children[*i].id().to_string()])
-                .status()
-                .is_ok_and(|s| s.success());
-            assert!(ok, "kill {sig}");
-        }
-    }
-}
-
-impl Drop for ReplicatedCluster {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = Command::new("kill").args(["-CONT", &c.id().to_string()]).status();
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 /// The same crowd on a private cluster one master of which stalls for 3 ms
 /// every few milliseconds (a busy script): commands of different
 /// connections that arrive during a stall run in any order afterwards,
 /// which is what opens the window of a scan missing a moving unit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixteen_shards_sell_out_completely_with_a_stalling_master() {
-    let cluster = ReplicatedCluster::start().await;
+    let cluster = PrivateCluster::start_with(3, 1, 5000).await;
     let nodes = cluster.nodes();
     let (prefix, db_name) = fresh_names();
     let app = spawn_configured(4, &prefix, &db_name, |s| {
@@ -388,7 +286,7 @@ async fn sixteen_shards_sell_out_completely_with_a_stalling_master() {
 /// throughout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicated_transfers_wait_for_a_replica_at_every_step() {
-    let cluster = ReplicatedCluster::start().await;
+    let cluster = PrivateCluster::start_with(3, 1, 5000).await;
     let nodes = cluster.nodes();
     let (prefix, db_name) = fresh_names();
     let app = spawn_configured(1, &prefix, &db_name, |s| {

@@ -8,6 +8,8 @@ mod dlq;
 #[allow(dead_code)]
 mod helpers;
 mod pressure;
+#[path = "../support/private_cluster.rs"]
+mod private_cluster;
 
 use std::time::Duration;
 

@@ -9,7 +9,6 @@
 //! loop would break every other test running meanwhile.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -21,6 +20,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 
 use crate::helpers::*;
+use crate::private_cluster::PrivateCluster;
 
 /// Everything a claim can change on a shard, as plain data.
 async fn shard_state(app: &TestApp, campaign: &str) -> Vec<(String, BTreeMap<String, String>)> {
@@ -148,85 +148,6 @@ async fn a_replicated_claim_run_twice_is_granted_once() {
 // ---------------------------------------------------------------------------
 // A burst while every client connection of every master is killed in a loop.
 // ---------------------------------------------------------------------------
-
-/// Three cluster masters of our own (no replicas), on free ports.
-struct PrivateCluster {
-    ports: Vec<u16>,
-    children: Vec<Child>,
-    dir: std::path::PathBuf,
-}
-
-fn redis_cli(port: u16, args: &[&str]) -> String {
-    let out = Command::new("redis-cli").arg("-p").arg(port.to_string()).args(args).output().expect("redis-cli runs");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-impl PrivateCluster {
-    async fn start() -> Self {
-        let dir = std::env::temp_dir().join(format!("fg-retries-cluster-{}", ulid::Ulid::new()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut ports = Vec::new();
-        let mut candidate = 30_000 + (std::process::id() % 10_000) as u16;
-        while ports.len() < 3 {
-            candidate += 1;
-            let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
-            if free(candidate) && free(candidate + 10_000) {
-                ports.push(candidate);
-            }
-        }
-        let children = ports
-            .iter()
-            .map(|p| {
-                Command::new("redis-server")
-                    .args(["--port", &p.to_string(), "--bind", "127.0.0.1", "--protected-mode", "no"])
-                    .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
-                    .args(["--cluster-config-file", &format!("nodes-{p}.conf")])
-                    .args(["--save", "", "--appendonly", "no"])
-                    .arg("--dir")
-                    .arg(&dir)
-                    .stdout(Stdio::null())
-                    .spawn()
-                    .expect("redis-server starts")
-            })
-            .collect();
-        let me = Self { ports, children, dir };
-        for p in &me.ports {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while redis_cli(*p, &["ping"]).trim() != "PONG" {
-                assert!(Instant::now() < deadline, "redis {p} does not answer");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-        let addrs: Vec<String> = me.ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-        let out = Command::new("redis-cli")
-            .args(["--cluster", "create"])
-            .args(&addrs)
-            .args(["--cluster-yes"])
-            .output()
-            .expect("redis-cli --cluster create");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !me.ports.iter().all(|p| redis_cli(*p, &["cluster", "info"]).contains("cluster_state:ok")) {
-            assert!(Instant::now() < deadline, "private cluster never got ok");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        me
-    }
-
-    fn nodes(&self) -> Vec<String> {
-        self.ports.iter().map(|p| format!("redis://127.0.0.1:{p}")).collect()
-    }
-}
-
-impl Drop for PrivateCluster {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 /// Until stopped, for at most `KILLING`: `CLIENT KILL TYPE normal` on every
 /// master, every few milliseconds (the killer's own connection is skipped).

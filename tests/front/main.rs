@@ -11,8 +11,9 @@
 #[path = "../api/helpers.rs"]
 #[allow(dead_code)]
 mod helpers;
+#[path = "../support/private_cluster.rs"]
+mod private_cluster;
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use flashgrab::config::{Rate, Settings};
@@ -21,6 +22,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use helpers::*;
+use private_cluster::PrivateCluster;
 
 /// Starts `n` instances sharing one prefix and database with `settings`
 /// adjusted by `tune` (limits, Redis nodes, timeouts).
@@ -424,121 +426,6 @@ async fn head_only_post(app: &TestApp, path: &str, token: &str, length: usize) -
 // A private Redis Cluster for counting commands and for outages
 // ---------------------------------------------------------------------------
 
-/// Three redis-server masters in cluster mode on free ports, in a temp dir,
-/// killed when dropped.
-struct PrivateCluster {
-    ports: Vec<u16>,
-    children: Vec<Child>,
-    dir: std::path::PathBuf,
-}
-
-fn port_pair_free(p: u16) -> bool {
-    std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()
-        && std::net::TcpListener::bind(("127.0.0.1", p + 10_000)).is_ok()
-}
-
-fn redis_cli(port: u16, args: &[&str]) -> String {
-    let out = Command::new("redis-cli").arg("-p").arg(port.to_string()).args(args).output().expect("redis-cli runs");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-impl PrivateCluster {
-    async fn start() -> Self {
-        let dir = std::env::temp_dir().join(format!("fg-private-cluster-{}", ulid::Ulid::new()));
-        std::fs::create_dir_all(&dir).unwrap();
-        // Tests of this binary run at once: each takes its candidates from
-        // one counter so two clusters never race for the same port.
-        static NEXT_PORT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
-        let _ = NEXT_PORT.compare_exchange(
-            0,
-            20_000 + (std::process::id() % 20_000) as u16,
-            std::sync::atomic::Ordering::SeqCst,
-            std::sync::atomic::Ordering::SeqCst,
-        );
-        let mut ports = Vec::new();
-        while ports.len() < 3 {
-            let candidate = NEXT_PORT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            assert!(candidate < 55_000, "no free port pair left");
-            if port_pair_free(candidate) {
-                ports.push(candidate);
-            }
-        }
-        let children = ports
-            .iter()
-            .map(|p| {
-                Command::new("redis-server")
-                    .args(["--port", &p.to_string(), "--bind", "127.0.0.1", "--protected-mode", "no"])
-                    .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
-                    .args(["--cluster-config-file", &format!("nodes-{p}.conf")])
-                    .args(["--save", "", "--appendonly", "no"])
-                    .arg("--dir")
-                    .arg(&dir)
-                    .stdout(Stdio::null())
-                    .spawn()
-                    .expect("redis-server starts (scripts/stack up installs it)")
-            })
-            .collect();
-        let me = Self { ports, children, dir };
-        for p in &me.ports {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while redis_cli(*p, &["ping"]).trim() != "PONG" {
-                assert!(Instant::now() < deadline, "redis {p} does not answer");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-        let addrs: Vec<String> = me.ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-        let out = Command::new("redis-cli")
-            .args(["--cluster", "create"])
-            .args(&addrs)
-            .args(["--cluster-yes"])
-            .output()
-            .expect("redis-cli --cluster create");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !me.ports.iter().all(|p| redis_cli(*p, &["cluster", "info"]).contains("cluster_state:ok")) {
-            assert!(Instant::now() < deadline, "private cluster never got ok");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        me
-    }
-
-    fn nodes(&self) -> Vec<String> {
-        self.ports.iter().map(|p| format!("redis://127.0.0.1:{p}")).collect()
-    }
-
-    /// Script calls (EVALSHA and EVAL) over the whole cluster.
-    fn script_calls(&self) -> u64 {
-        self.ports
-            .iter()
-            .map(|p| {
-                redis_cli(*p, &["info", "commandstats"])
-                    .lines()
-                    .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
-                    .filter_map(|l| l.split("calls=").nth(1)?.split(',').next()?.parse::<u64>().ok())
-                    .sum::<u64>()
-            })
-            .sum()
-    }
-
-    fn signal(&self, sig: &str) {
-        for c in &self.children {
-            let ok = Command::new("kill").args([sig, &c.id().to_string()]).status().is_ok_and(|s| s.success());
-            assert!(ok, "kill {sig}");
-        }
-    }
-}
-
-impl Drop for PrivateCluster {
-    fn drop(&mut self) {
-        self.signal("-CONT");
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 /// Once one instance saw the campaign sold out, every instance answers
 /// 410 from memory: a flood on both never reaches Redis (not a single
 /// script call). A close on one instance reaches the others the same way.
@@ -641,7 +528,7 @@ async fn claims_fail_fast_while_redis_is_down_and_recover() {
     let id = app.create_campaign(campaign_body(1000)).await["id"].as_str().unwrap().to_owned();
     assert_eq!(app.claim(&id, "before").await.0, StatusCode::CREATED);
 
-    cluster.signal("-STOP");
+    cluster.signal_all("-STOP");
     // The first few wait for the Redis timeout and open the breaker...
     for i in 0..3 {
         let got = app.claim(&id, &format!("opening-{i}")).await;
@@ -660,7 +547,7 @@ async fn claims_fail_fast_while_redis_is_down_and_recover() {
     assert!(metric(&m, "flashgrab_redis_breaker_rejected_total") >= 40.0, "{m}");
     assert_ne!(metric(&m, "flashgrab_redis_breaker_state"), 0.0, "{m}");
 
-    cluster.signal("-CONT");
+    cluster.signal_all("-CONT");
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut n = 0;
     loop {

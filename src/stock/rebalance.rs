@@ -63,7 +63,7 @@ impl StockStore {
         // claimed = number of claim records (the script keeps no counter).
         pipe.cmd("HGET").arg(&k.hash).arg("remaining").cmd("HLEN").arg(&k.coupons).cmd("HGETALL").arg(&k.xout);
         let (remaining, claimed, journal): (Option<i64>, i64, Vec<(String, String)>) =
-            self.bounded(pipe.query_async(&mut conn)).await?;
+            self.bounded(Some(&k.hash), pipe.query_async(&mut conn)).await?;
         let mut pending = Vec::with_capacity(journal.len());
         for (id, v) in journal {
             let entry = parse_journal_entry(id, &v)
@@ -81,7 +81,7 @@ impl StockStore {
         let mut inv = self.scripts.take.key(&k.hash);
         inv.key(&k.xout).arg(&id).arg(want).arg(dest);
         let mut conn = self.conn.get();
-        let taken: u64 = self.bounded(inv.invoke_async(&mut conn)).await?;
+        let taken: u64 = self.bounded(Some(&k.hash), inv.invoke_async(&mut conn)).await?;
         Ok((id, taken))
     }
 
@@ -92,9 +92,10 @@ impl StockStore {
         let mut inv = self.scripts.give.key(&kd.hash);
         inv.key(&kd.xin).arg(id).arg(units);
         let mut conn = self.conn.get();
-        let _applied: i64 = self.bounded(inv.invoke_async(&mut conn)).await?;
+        let _applied: i64 = self.bounded(Some(&kd.hash), inv.invoke_async(&mut conn)).await?;
         let ks = self.shard_keys(c, donor);
-        let _: i64 = self.bounded(redis::cmd("HDEL").arg(&ks.xout).arg(id).query_async(&mut conn)).await?;
+        let _: i64 =
+            self.bounded(Some(&ks.xout), redis::cmd("HDEL").arg(&ks.xout).arg(id).query_async(&mut conn)).await?;
         Ok(())
     }
 

@@ -6,6 +6,7 @@
 #[path = "../api/helpers.rs"]
 #[allow(dead_code)]
 mod helpers;
+mod isolation;
 
 use std::time::Duration;
 

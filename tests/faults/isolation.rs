@@ -65,12 +65,8 @@ async fn allow_partial_coverage() {
     for port in 7000..7006 {
         let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
         let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-        let v: Vec<String> = redis::cmd("CONFIG")
-            .arg("GET")
-            .arg("cluster-require-full-coverage")
-            .query_async(&mut conn)
-            .await
-            .unwrap();
+        let v: Vec<String> =
+            redis::cmd("CONFIG").arg("GET").arg("cluster-require-full-coverage").query_async(&mut conn).await.unwrap();
         if v.get(1).map(String::as_str) != Some("no") {
             eprintln!("node {port}: cluster-require-full-coverage was {v:?}; setting it to no (run scripts/stack up)");
             let _: () = redis::cmd("CONFIG")

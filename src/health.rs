@@ -12,6 +12,7 @@ use serde::Serialize;
 use tokio::sync::Mutex;
 
 use crate::db::Db;
+use crate::metrics::LogEvery;
 use crate::stock::StockStore;
 
 /// Result of one probe, per component: `"ok"` or `"down"`.
@@ -33,11 +34,13 @@ pub struct AmqpProbe {
     url: String,
     conn: Mutex<Option<Connection>>,
     timeout: Duration,
+    /// The broker's unavailability is logged once a second, not per probe.
+    log: LogEvery,
 }
 
 impl AmqpProbe {
     pub fn new(url: String, timeout: Duration) -> Self {
-        Self { url, conn: Mutex::new(None), timeout }
+        Self { url, conn: Mutex::new(None), timeout, log: LogEvery::new() }
     }
 
     /// True when a connection to the broker is open (opening one if needed).
@@ -53,12 +56,16 @@ impl AmqpProbe {
                 true
             }
             Ok(Err(e)) => {
-                tracing::warn!(error = %e, "rabbitmq is not reachable");
+                if let Some(skipped) = self.log.allow() {
+                    tracing::warn!(error = %e, skipped, "rabbitmq is not reachable");
+                }
                 *guard = None;
                 false
             }
             Err(_) => {
-                tracing::warn!("rabbitmq did not answer in time");
+                if let Some(skipped) = self.log.allow() {
+                    tracing::warn!(skipped, "rabbitmq did not answer in time");
+                }
                 *guard = None;
                 false
             }
@@ -68,12 +75,21 @@ impl AmqpProbe {
 
 /// Probes every backend concurrently.
 pub async fn readiness(stock: &StockStore, amqp: &AmqpProbe, db: &Db) -> Readiness {
+    // A probe polled every few hundred ms during an outage logs its cause
+    // once a second, not once per poll (see `metrics::LogEvery`; a static
+    // per message, like tracing's own call-site state).
+    static REDIS_LOG: LogEvery = LogEvery::new();
+    static MYSQL_LOG: LogEvery = LogEvery::new();
     let (r, a, m) = tokio::join!(stock.ping(), amqp.check(), db.ping());
-    if let Err(e) = &r {
-        tracing::warn!(error = %e, "redis cluster is not ready");
+    if let Err(e) = &r
+        && let Some(skipped) = REDIS_LOG.allow()
+    {
+        tracing::warn!(error = %e, skipped, "redis cluster is not ready");
     }
-    if let Err(e) = &m {
-        tracing::warn!(error = %e, "mysql is not ready");
+    if let Err(e) = &m
+        && let Some(skipped) = MYSQL_LOG.allow()
+    {
+        tracing::warn!(error = %e, skipped, "mysql is not ready");
     }
     let word = |ok: bool| if ok { "ok" } else { "down" };
     Readiness { redis: word(r.is_ok()), rabbitmq: word(a), mysql: word(m.is_ok()) }

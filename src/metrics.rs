@@ -3,6 +3,7 @@
 //! the Prometheus endpoint (a later issue) reads the same values.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 #[derive(Debug, Default)]
 pub struct PipelineMetrics {
@@ -29,6 +30,9 @@ pub struct PipelineMetrics {
     pub persist_lag_ms: AtomicU64,
     /// Backend errors seen by the relay and the worker (each retried).
     pub errors: AtomicU64,
+    /// Claim event messages (`<prefix>.events`) nacked, unconfirmed in
+    /// time, or not sent; events are best effort and never retried.
+    pub events_failed: AtomicU64,
 }
 
 impl PipelineMetrics {
@@ -45,36 +49,116 @@ impl PipelineMetrics {
     }
 }
 
-/// Exponential backoff for reconnect loops: 100 ms doubling to 5 s.
+/// Exponential backoff for reconnect loops: 100 ms doubling to 5 s, each
+/// delay drawn at random in its upper half ("equal jitter"). Without the
+/// jitter every instance retries in lockstep after a broker or Redis
+/// restart, and they all hit it in the same millisecond again.
 #[derive(Debug, Clone)]
 pub struct Backoff {
-    next: std::time::Duration,
+    next: Duration,
+    /// At most one log line per second for the failures of this loop.
+    log: LogEvery,
 }
 
 impl Default for Backoff {
     fn default() -> Self {
-        Self { next: std::time::Duration::from_millis(100) }
+        Self { next: Self::MIN, log: LogEvery::default() }
     }
 }
 
 impl Backoff {
-    pub const MAX: std::time::Duration = std::time::Duration::from_secs(5);
+    pub const MIN: Duration = Duration::from_millis(100);
+    pub const MAX: Duration = Duration::from_secs(5);
 
-    /// The delay to wait now; doubles the next one.
-    pub fn next_delay(&mut self) -> std::time::Duration {
-        let d = self.next;
+    /// The delay to wait now (in the upper half of the current step);
+    /// doubles the next step.
+    pub fn next_delay(&mut self) -> Duration {
+        let step = self.next;
         self.next = (self.next * 2).min(Self::MAX);
-        d
+        jittered(step)
     }
 
+    /// Back to the first step (after a success). The log throttle keeps
+    /// its memory: a loop that flaps is still logged once a second.
     pub fn reset(&mut self) {
-        *self = Self::default();
+        self.next = Self::MIN;
+    }
+
+    /// A session that lasted this long before failing was a working one:
+    /// the next retry starts from the first step again.
+    pub const STABLE: Duration = Duration::from_secs(10);
+
+    /// After a session ended in an error: back to the first step only if it
+    /// had lasted [`Backoff::STABLE`]. Connecting is not a success: a
+    /// broker that accepts the connection and refuses the first publish
+    /// must not be retried every 100 ms forever.
+    pub fn after_session(&mut self, lasted: Duration) {
+        if lasted >= Self::STABLE {
+            self.reset();
+        }
+    }
+}
+
+/// A delay drawn uniformly in `[step / 2, step]`.
+pub fn jittered(step: Duration) -> Duration {
+    use rand::Rng;
+    let half = step / 2;
+    half + rand::rng().random_range(Duration::ZERO..=step - half)
+}
+
+/// Log throttling for one call site or loop: the first event is logged,
+/// then at most one per [`LogEvery::EVERY`]; the ones skipped in between
+/// are counted and reported with the next line. A repeated cause (a node
+/// down, a queue refusing) is then one line a second, not one per retry or
+/// per request.
+#[derive(Debug, Default)]
+pub struct LogEvery {
+    /// Milliseconds since the Unix epoch of the last line logged (0: none).
+    last_ms: AtomicU64,
+    /// Events skipped since.
+    skipped: AtomicU64,
+}
+
+impl Clone for LogEvery {
+    fn clone(&self) -> Self {
+        Self {
+            last_ms: AtomicU64::new(self.last_ms.load(Ordering::Relaxed)),
+            skipped: AtomicU64::new(self.skipped.load(Ordering::Relaxed)),
+        }
+    }
+}
+
+impl LogEvery {
+    pub const EVERY: Duration = Duration::from_secs(1);
+
+    pub const fn new() -> Self {
+        Self { last_ms: AtomicU64::new(0), skipped: AtomicU64::new(0) }
+    }
+
+    /// Should this event be logged? `Some(skipped)`: yes, and that many
+    /// were skipped since the last line; `None`: no (it is counted).
+    pub fn allow(&self) -> Option<u64> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+            .max(1);
+        self.allow_at(now)
+    }
+
+    fn allow_at(&self, now_ms: u64) -> Option<u64> {
+        let last = self.last_ms.load(Ordering::Relaxed);
+        let due = last == 0 || now_ms.saturating_sub(last) >= Self::EVERY.as_millis() as u64;
+        if due && self.last_ms.compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+            return Some(self.skipped.swap(0, Ordering::Relaxed));
+        }
+        self.skipped.fetch_add(1, Ordering::Relaxed);
+        None
     }
 }
 
 /// What a reconnect loop does after a failed session: count the error, log
-/// it, and wait the next backoff delay. Returns false when `shutdown` came
-/// during the wait (stop looping).
+/// it (at most once a second, see [`LogEvery`]), and wait the next backoff
+/// delay. Returns false when `shutdown` came during the wait (stop looping).
 pub async fn pause_after_failure(
     what: &str,
     error: &(dyn std::fmt::Display + Sync),
@@ -84,7 +168,9 @@ pub async fn pause_after_failure(
 ) -> bool {
     PipelineMetrics::add(errors, 1);
     let delay = backoff.next_delay();
-    tracing::warn!(error = %error, retry_in = ?delay, "{what} interrupted");
+    if let Some(skipped) = backoff.log.allow() {
+        tracing::warn!(error = %error, retry_in = ?delay, skipped, "{what} interrupted");
+    }
     tokio::select! {
         () = shutdown.cancelled() => false,
         () = tokio::time::sleep(delay) => true,
@@ -96,11 +182,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_doubles_and_caps() {
+    fn backoff_doubles_and_caps_with_jitter_in_the_upper_half() {
         let mut b = Backoff::default();
-        let delays: Vec<u128> = (0..8).map(|_| b.next_delay().as_millis()).collect();
-        assert_eq!(delays, vec![100, 200, 400, 800, 1600, 3200, 5000, 5000]);
+        let steps = [100, 200, 400, 800, 1600, 3200, 5000, 5000];
+        for step in steps {
+            let d = b.next_delay().as_millis() as u64;
+            assert!((step / 2..=step).contains(&d), "{d} ms for the {step} ms step");
+        }
         b.reset();
-        assert_eq!(b.next_delay().as_millis(), 100);
+        assert!(b.next_delay() <= Backoff::MIN);
+    }
+
+    #[test]
+    fn jitter_spreads_the_retries_of_many_instances() {
+        let delays: std::collections::HashSet<u128> =
+            (0..100).map(|_| Backoff::default().next_delay().as_micros()).collect();
+        assert!(delays.len() > 50, "100 instances retried at only {} distinct times", delays.len());
+    }
+
+    #[test]
+    fn a_repeated_event_is_logged_once_a_second_with_the_skipped_count() {
+        let l = LogEvery::new();
+        assert_eq!(l.allow_at(10_000), Some(0));
+        assert_eq!(l.allow_at(10_001), None);
+        assert_eq!(l.allow_at(10_999), None);
+        assert_eq!(l.allow_at(11_000), Some(2));
+        assert_eq!(l.allow_at(11_500), None);
+        assert_eq!(l.allow_at(13_000), Some(1));
     }
 }

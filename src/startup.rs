@@ -14,11 +14,11 @@ use crate::config::Settings;
 use crate::db::Db;
 use crate::health::AmqpProbe;
 use crate::http::{AppInner, AppState, router};
-use crate::metrics::PipelineMetrics;
+use crate::metrics::{Backoff, LogEvery, PipelineMetrics};
 use crate::outbox::events::EventPublisher;
 use crate::outbox::relay::Relay;
 use crate::persist::worker::PersistWorker;
-use crate::protect::{Breaker, Protection};
+use crate::protect::Protection;
 use crate::service::{CampaignService, ClaimService, CouponService, ReportService};
 use crate::stock::StockStore;
 use crate::stock::broadcast::{Notice, Subscriber};
@@ -69,7 +69,8 @@ impl Application {
             .map_err(|source| StartupError::Redis { nodes: settings.redis_nodes.join(","), source })?
             .with_durability(settings.durability)
             .with_claim_batch(settings.claim_batch)
-            .with_breaker(Arc::new(Breaker::new(settings.protect.breaker_failures, settings.protect.breaker_open)));
+            .with_breakers(settings.protect.breaker_failures, settings.protect.breaker_open)
+            .await;
         let protection = Arc::new(Protection::new(&settings.protect));
         let notices = Subscriber::new(&settings.redis_nodes, &settings.key_prefix, settings.redis_timeout);
         let metrics = Arc::new(PipelineMetrics::default());
@@ -229,25 +230,58 @@ impl Application {
 }
 
 /// Waits until every entry in the outbox streams right now has been relayed
-/// (published, confirmed, deleted) by some relay. Redis errors are retried:
-/// the caller bounds the wait.
+/// (published, confirmed, deleted) by some relay. Bucket by bucket: the
+/// buckets of an unreachable master are retried (with a jittered backoff,
+/// logged at most once a second) while the others are checked and done.
+/// The caller bounds the wait.
 async fn wait_outbox_relayed(stock: &StockStore) {
-    /// Pause between two checks of the outbox.
+    /// Pause between two checks of the outbox while Redis answers.
     const POLL: std::time::Duration = std::time::Duration::from_millis(20);
-    let heads = loop {
-        match stock.outbox_heads().await {
-            Ok(h) => break h,
-            Err(e) => tracing::warn!(error = %e, "cannot read the outbox heads; retrying"),
-        }
-        tokio::time::sleep(POLL).await;
-    };
+    let log = LogEvery::new();
+    let mut backoff = Backoff::default();
+    // Buckets whose head is not known yet, and the heads still to be relayed.
+    let mut unread: Vec<u16> = (0..stock.keys().buckets()).collect();
+    let mut heads: Vec<(u16, String)> = Vec::new();
     loop {
-        match stock.outbox_unrelayed(&heads).await {
-            Ok(0) => return,
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "cannot check the outbox; retrying"),
+        let mut failed: Vec<(u16, crate::stock::StockError)> = Vec::new();
+        let mut still = Vec::new();
+        for (b, r) in stock.outbox_heads(&unread).await {
+            match r {
+                Ok(Some(id)) => heads.push((b, id)),
+                Ok(None) => {}
+                Err(e) => {
+                    still.push(b);
+                    failed.push((b, e));
+                }
+            }
         }
-        tokio::time::sleep(POLL).await;
+        unread = still;
+        let mut waiting = Vec::new();
+        for ((b, r), head) in stock.outbox_unrelayed(&heads).await.into_iter().zip(std::mem::take(&mut heads)) {
+            match r {
+                Ok(false) => {}
+                Ok(true) => waiting.push(head),
+                Err(e) => {
+                    waiting.push(head);
+                    failed.push((b, e));
+                }
+            }
+        }
+        heads = waiting;
+        if unread.is_empty() && heads.is_empty() {
+            return;
+        }
+        let pause = if failed.is_empty() {
+            backoff.reset();
+            POLL
+        } else {
+            if let Some(skipped) = log.allow() {
+                let buckets: Vec<u16> = failed.iter().map(|(b, _)| *b).collect();
+                tracing::warn!(?buckets, error = %failed[0].1, skipped, "cannot check the outbox of these buckets; retrying");
+            }
+            backoff.next_delay()
+        };
+        tokio::time::sleep(pause).await;
     }
 }
 

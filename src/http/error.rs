@@ -126,7 +126,12 @@ impl From<ServiceError> for ApiError {
             _ => {}
         }
         if e.is_unavailable() {
-            tracing::warn!(error = %e, "backend unavailable");
+            // One line a second for a backend that stays unavailable, not one
+            // per request (a static like tracing's call-site state).
+            static LOG: crate::metrics::LogEvery = crate::metrics::LogEvery::new();
+            if let Some(skipped) = LOG.allow() {
+                tracing::warn!(error = %e, skipped, "backend unavailable");
+            }
             ApiError::Unavailable { retry_after_secs: 1 }
         } else {
             tracing::error!(error = %e, "internal error");

@@ -268,21 +268,30 @@ pub fn render(s: &AppState) -> String {
         admission.in_flight(),
     );
     sample(&mut out, "flashgrab_in_flight_max", "gauge", "Admission slots (FLASHGRAB_MAX_IN_FLIGHT).", admission.max());
-    let breaker = s.stock.breaker();
+    let breaker = s.stock.breakers();
     sample(
         &mut out,
         "flashgrab_redis_breaker_state",
         "gauge",
-        "Redis circuit breaker: 0 closed, 1 open, 2 half-open.",
+        "Redis circuit breakers, the worst over the masters: 0 closed, 1 open, 2 half-open.",
         breaker.state() as u8,
     );
     sample(
         &mut out,
         "flashgrab_breaker_open",
         "gauge",
-        "1 while the Redis circuit breaker is not closed (open or half-open), else 0.",
+        "1 while a Redis circuit breaker (of any master) is not closed (open or half-open), else 0.",
         u8::from(breaker.state() as u8 != 0),
     );
+    family(
+        &mut out,
+        "flashgrab_redis_master_breaker_state",
+        "gauge",
+        "Redis circuit breaker of each master (by address): 0 closed, 1 open, 2 half-open.",
+    );
+    for (master, state) in breaker.states() {
+        let _ = writeln!(out, "flashgrab_redis_master_breaker_state{{master=\"{master}\"}} {}", state as u8);
+    }
     sample(
         &mut out,
         "flashgrab_redis_reconnects_total",
@@ -309,14 +318,14 @@ pub fn render(s: &AppState) -> String {
         &mut out,
         "flashgrab_redis_breaker_opened_total",
         "counter",
-        "Times the Redis breaker opened.",
+        "Times a Redis breaker (of any master) opened.",
         breaker.opened(),
     );
     sample(
         &mut out,
         "flashgrab_redis_breaker_rejected_total",
         "counter",
-        "Redis calls refused at once by the open breaker.",
+        "Redis calls refused at once by an open breaker.",
         breaker.rejected(),
     );
 
@@ -360,6 +369,12 @@ pub fn render_pipeline(p: &PipelineMetrics, out: &mut String) {
             "counter",
             "Backend errors of the relay and the worker (retried).",
             get(&p.errors),
+        ),
+        (
+            "flashgrab_events_failed_total",
+            "counter",
+            "Claim event messages the events exchange refused or did not confirm (best effort: not retried).",
+            get(&p.events_failed),
         ),
     ] {
         sample(out, name, kind, help, v);

@@ -81,9 +81,11 @@ impl EventPublisher {
     pub async fn run(self, shutdown: CancellationToken) {
         let mut backoff = Backoff::default();
         while !shutdown.is_cancelled() {
+            let started = std::time::Instant::now();
             match self.session(&shutdown, &mut backoff).await {
                 Ok(()) => break,
                 Err(e) => {
+                    backoff.after_session(started.elapsed());
                     if !pause_after_failure("event publisher", &e, &mut backoff, &self.metrics.errors, &shutdown).await
                     {
                         break;
@@ -94,12 +96,30 @@ impl EventPublisher {
         tracing::info!("event publisher stopped");
     }
 
+    /// One broker connection. A refused batch (nacked: a consumer's queue
+    /// is full or has no leader) is retried on the same connection after
+    /// the next backoff delay; the rows stay unpublished meanwhile. Other
+    /// broker errors end the session (reconnect).
     async fn session(&self, shutdown: &CancellationToken, backoff: &mut Backoff) -> Result<(), EventsError> {
         let t = self.amqp_timeout;
         let (conn, ch) = open_confirmed_channel(&self.amqp_url, &self.topology, t).await?;
-        backoff.reset();
         loop {
-            while self.pass(&ch).await? == BATCH as usize {}
+            loop {
+                match self.pass(&ch).await {
+                    Ok(n) => {
+                        backoff.reset();
+                        if n < BATCH as usize {
+                            break;
+                        }
+                    }
+                    Err(e @ EventsError::Queue(QueueError::Nacked(_))) => {
+                        if !pause_after_failure("event publisher", &e, backoff, &self.metrics.errors, shutdown).await {
+                            break;
+                        }
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
             tokio::select! {
                 () = shutdown.cancelled() => {
                     self.pass(&ch).await?;

@@ -10,9 +10,15 @@
 //! 2. publish the records read in one pass, all buckets together, in
 //!    messages of up to [`relay::MESSAGE_CLAIMS`] claims (RabbitMQ confirms
 //!    only ~15k messages/s here, and its cost is mostly per message)
-//!    as persistent messages with publisher confirms, to the claims exchange
-//!    and to the events fan-out exchange;
+//!    as persistent messages with publisher confirms, to the claims
+//!    exchange; the same body goes to the events fan-out exchange best
+//!    effort (its confirm never decides the ack: an optional consumer that
+//!    refuses must not make the relay send the claims again and again);
 //! 3. `lua/ack.lua`: `XACK` + `XDEL` of exactly the confirmed entries.
+//!
+//! Buckets are independent: a bucket whose master is unreachable is
+//! retried on its own backoff while the others are relayed (see
+//! `relay::Relay::session`).
 //!
 //! A relay that dies between 2 and 3 leaves entries pending in the group;
 //! `XAUTOCLAIM` hands them to a live relay after `FLASHGRAB_RELAY_RECLAIM_MS` and

@@ -5,7 +5,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
+use std::pin::Pin;
+
+use futures_util::StreamExt;
 use futures_util::future::join_all;
+use futures_util::stream::FuturesUnordered;
 use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel};
@@ -17,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use super::topology::{CLAIM_ROUTING_KEY, Topology};
 use super::{QueueError, amqp_call, open_confirmed_channel};
 use crate::domain::CouponRecord;
-use crate::metrics::{Backoff, PipelineMetrics, pause_after_failure};
+use crate::metrics::{Backoff, LogEvery, PipelineMetrics, pause_after_failure};
 use crate::stock::{Durability, StockStore};
 
 /// Entries read per stream per pass.
@@ -30,6 +34,9 @@ const RECLAIM_EVERY: Duration = Duration::from_secs(1);
 /// Idle polling interval bounds (no blocking reads on the shared connection).
 const POLL_MIN: Duration = Duration::from_millis(2);
 const POLL_MAX: Duration = Duration::from_millis(100);
+/// After the first read of a pass ends, the others that end within this
+/// are taken in the same pass (healthy reads end together).
+const GATHER: Duration = Duration::from_millis(5);
 /// Upper bound to wait for one broker confirm.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -212,9 +219,11 @@ impl Relay {
     pub async fn run(self, shutdown: CancellationToken) {
         let mut backoff = Backoff::default();
         while !shutdown.is_cancelled() {
+            let started = Instant::now();
             match self.session(&shutdown, &mut backoff).await {
                 Ok(()) => break,
                 Err(e) => {
+                    backoff.after_session(started.elapsed());
                     if !pause_after_failure("outbox relay", &e, &mut backoff, &self.metrics.errors, &shutdown).await {
                         break;
                     }
@@ -228,40 +237,52 @@ impl Relay {
         tokio::time::timeout(self.redis_timeout, fut).await.map_err(|_| RelayError::Timeout)?.map_err(Into::into)
     }
 
-    async fn ensure_groups(&self, conn: &mut ClusterConnection) -> Result<(), RelayError> {
-        for b in 0..self.stock.keys().buckets() {
-            let r: redis::RedisResult<()> = self
-                .bounded(
-                    redis::cmd("XGROUP")
-                        .arg("CREATE")
-                        .arg(self.stock.keys().outbox(b))
-                        .arg(&self.group)
-                        .arg("0")
-                        .arg("MKSTREAM")
-                        .query_async(conn),
-                )
-                .await
-                .map(|_: ()| Ok(()))
-                .unwrap_or_else(|e| match e {
-                    RelayError::Redis(r) => Err(r),
-                    _ => Ok(()),
-                });
-            if let Err(e) = r
-                && e.code() != Some("BUSYGROUP")
-            {
-                return Err(e.into());
-            }
+    /// Creates the consumer group of one bucket's stream (and the stream),
+    /// if missing.
+    async fn ensure_group(&self, conn: &mut ClusterConnection, bucket: u16) -> Result<(), RelayError> {
+        let created: Result<(), RelayError> = self
+            .bounded(
+                redis::cmd("XGROUP")
+                    .arg("CREATE")
+                    .arg(self.stock.keys().outbox(bucket))
+                    .arg(&self.group)
+                    .arg("0")
+                    .arg("MKSTREAM")
+                    .query_async(conn),
+            )
+            .await;
+        match created {
+            Err(RelayError::Redis(e)) if e.code() == Some("BUSYGROUP") => Ok(()),
+            r => r,
         }
-        Ok(())
     }
 
+    /// One bucket's read as the session runs it: the group first if it is
+    /// not known to exist, then [`Relay::read_bucket`].
+    async fn read_one(&self, mut conn: ClusterConnection, bucket: u16, group: bool, reclaim: bool) -> BucketRead {
+        if group && let Err(e) = self.ensure_group(&mut conn, bucket).await {
+            return BucketRead { bucket, reclaim, result: Err(e) };
+        }
+        BucketRead { bucket, reclaim, result: self.read_bucket(&mut conn, bucket, reclaim).await }
+    }
+
+    /// One connection to the broker: reads, publishes and acks until
+    /// `shutdown` or a broker error.
+    ///
+    /// Buckets are independent. Each one's read is its own future, kept
+    /// across passes until it ends: a pass takes the reads that finished
+    /// (the first, and whatever finishes within [`GATHER`] of it), so a
+    /// bucket whose master hangs holds back nobody but itself. A bucket
+    /// whose read or ack fails is retried on its own backoff (jittered,
+    /// 100 ms to 5 s) while the others go on; the failures of a pass are
+    /// logged in one line, at most once a second. Only the broker failing
+    /// ends the session: then nothing can be relayed anyway.
     async fn session(&self, shutdown: &CancellationToken, backoff: &mut Backoff) -> Result<(), RelayError> {
         let t = self.amqp_timeout;
         let (conn, ch) = open_confirmed_channel(&self.amqp_url, &self.topology, t).await?;
-        let mut redis = self.stock.connection();
-        self.ensure_groups(&mut redis).await?;
+        let mut events = EventsChannel::open(&conn, t).await;
+        let redis = self.stock.connection();
         tracing::info!(consumer = %self.consumer, "outbox relay connected");
-        backoff.reset();
 
         // Each bucket has its own polling interval: a bucket that had entries
         // is read again on the next pass, an empty one backs off (doubling up
@@ -269,52 +290,101 @@ impl Relay {
         // hot; polling the other ~50 every pass would cost Redis more than
         // the claims do.
         let buckets = usize::from(self.stock.keys().buckets());
-        let mut interval = vec![POLL_MIN; buckets];
-        let mut due = vec![Instant::now(); buckets];
-        let mut last_reclaim = Instant::now() - RECLAIM_EVERY;
+        let mut b: Vec<BucketState> = (0..buckets).map(|_| BucketState::new()).collect();
+        let mut reads: FuturesUnordered<Pin<Box<dyn Future<Output = BucketRead> + Send + '_>>> =
+            FuturesUnordered::new();
+        let failures_log = LogEvery::new();
         loop {
-            if shutdown.is_cancelled() {
+            let stopping = shutdown.is_cancelled();
+            if stopping && reads.is_empty() {
                 let _ = conn.close(200, "shutdown".into()).await;
                 return Ok(());
             }
             let now = Instant::now();
-            let reclaim = last_reclaim.elapsed() >= RECLAIM_EVERY;
-            if reclaim {
-                last_reclaim = now;
+            if !stopping {
+                for (i, st) in b.iter_mut().enumerate().filter(|(_, st)| !st.reading && st.due <= now) {
+                    let reclaim = now.duration_since(st.last_reclaim) >= RECLAIM_EVERY;
+                    if reclaim {
+                        st.last_reclaim = now;
+                    }
+                    st.reading = true;
+                    reads.push(Box::pin(self.read_one(redis.clone(), i as u16, st.needs_group, reclaim)));
+                }
             }
-            let reads = (0..buckets).filter(|b| reclaim || due[*b] <= now).map(|b| {
-                let mut c = redis.clone();
-                async move { (b, self.read_bucket(&mut c, b as u16, reclaim).await) }
-            });
+            let next_due = b.iter().filter(|st| !st.reading).map(|st| st.due).min();
+            let first = tokio::select! {
+                () = shutdown.cancelled(), if !stopping => continue,
+                () = sleep_until_or_forever(next_due), if !stopping => continue,
+                r = reads.next(), if !reads.is_empty() => r,
+                () = sleep_until_or_forever(next_due), if reads.is_empty() => continue,
+            };
+            let mut done: Vec<BucketRead> = first.into_iter().collect();
+            let gather_until = tokio::time::Instant::now() + GATHER;
+            while !reads.is_empty() {
+                match tokio::time::timeout_at(gather_until, reads.next()).await {
+                    Ok(Some(r)) => done.push(r),
+                    _ => break,
+                }
+            }
+
+            let now = Instant::now();
             let mut work = Vec::new();
-            let mut backlog = 0;
-            for (b, r) in join_all(reads).await {
-                let (entries, len) = r?;
-                backlog += len;
-                if entries.is_empty() {
-                    interval[b] = (interval[b] * 2).min(POLL_MAX);
-                } else {
-                    interval[b] = POLL_MIN;
-                    work.push((b as u16, entries));
+            let mut failed: Vec<(u16, RelayError)> = Vec::new();
+            let mut lengths_changed = false;
+            for read in done {
+                let st = &mut b[usize::from(read.bucket)];
+                st.reading = false;
+                match read.result {
+                    Ok((entries, len)) => {
+                        st.needs_group = false;
+                        st.retry.reset();
+                        if read.reclaim {
+                            st.len = len;
+                            lengths_changed = true;
+                        }
+                        if entries.is_empty() {
+                            st.interval = (st.interval * 2).min(POLL_MAX);
+                        } else {
+                            st.interval = POLL_MIN;
+                            work.push((read.bucket, entries));
+                        }
+                        st.due = now + st.interval;
+                    }
+                    Err(e) => {
+                        st.fail(&e, now);
+                        failed.push((read.bucket, e));
+                    }
                 }
-                due[b] = now + interval[b];
             }
-            if reclaim {
-                PipelineMetrics::set(&self.metrics.outbox_len, backlog);
+            if lengths_changed {
+                PipelineMetrics::set(&self.metrics.outbox_len, b.iter().map(|st| st.len).sum());
             }
-            if work.is_empty() {
+            if !work.is_empty() {
+                let now_ms = chrono::Utc::now().timestamp_millis().max(0) as u64;
+                let oldest = work.iter().flat_map(|(_, es)| es.iter().map(|e| id_ms(&e.id))).min().unwrap_or(now_ms);
+                PipelineMetrics::set(&self.metrics.outbox_age_ms, now_ms.saturating_sub(oldest));
+                let ack_failed = self.publish_and_ack(&ch, &mut events, &conn, &redis, &work).await?;
+                backoff.reset();
+                for (bucket, e) in ack_failed {
+                    b[usize::from(bucket)].fail(&e, Instant::now());
+                    failed.push((bucket, e));
+                }
+            } else {
                 PipelineMetrics::set(&self.metrics.outbox_age_ms, 0);
-                let next = due.iter().min().copied().unwrap_or(now + POLL_MAX).max(now + POLL_MIN);
-                tokio::select! {
-                    () = shutdown.cancelled() => {}
-                    () = tokio::time::sleep_until(next.into()) => {}
-                }
-                continue;
             }
-            let now_ms = chrono::Utc::now().timestamp_millis().max(0) as u64;
-            let oldest = work.iter().flat_map(|(_, es)| es.iter().map(|e| id_ms(&e.id))).min().unwrap_or(now_ms);
-            PipelineMetrics::set(&self.metrics.outbox_age_ms, now_ms.saturating_sub(oldest));
-            self.publish_and_ack(&ch, &redis, &work).await?;
+            if !failed.is_empty() {
+                PipelineMetrics::add(&self.metrics.errors, failed.len() as u64);
+                if let Some(skipped) = failures_log.allow() {
+                    let buckets: Vec<u16> = failed.iter().map(|(b, _)| *b).collect();
+                    let (_, first) = &failed[0];
+                    tracing::warn!(
+                        ?buckets,
+                        error = %first,
+                        skipped,
+                        "outbox buckets unreachable; retrying them with backoff, the others go on"
+                    );
+                }
+            }
         }
     }
 
@@ -505,7 +575,10 @@ impl Relay {
         Ok((entries, len))
     }
 
-    async fn publish(&self, ch: &Channel, records: &[&str]) -> Result<(), RelayError> {
+    /// Publishes one claims message and waits for its confirm (the only
+    /// thing the ack of the outbox entries depends on); then sends the same
+    /// body to the events fan-out, best effort (see [`EventsChannel`]).
+    async fn publish(&self, ch: &Channel, events: &EventsChannel, records: &[&str]) -> Result<(), RelayError> {
         let body = claims_body(records);
         let first_id = serde_json::from_str::<CouponRecord>(records[0]).map(|r| r.id).unwrap_or_default();
         let mut headers = FieldTable::default();
@@ -516,7 +589,7 @@ impl Relay {
             .with_message_id(first_id.as_str().into())
             .with_headers(headers);
         let mandatory = BasicPublishOptions { mandatory: true, ..Default::default() };
-        let claims = amqp_call(
+        let confirm = amqp_call(
             self.amqp_timeout,
             ch.basic_publish(
                 self.topology.claims_exchange.as_str().into(),
@@ -527,42 +600,36 @@ impl Relay {
             ),
         )
         .await?;
-        let events = amqp_call(
-            self.amqp_timeout,
-            ch.basic_publish(
-                self.topology.events_exchange.as_str().into(),
-                "claim".into(),
-                BasicPublishOptions::default(),
-                &body,
-                props,
-            ),
-        )
-        .await?;
-        for (what, confirm) in [("claims", claims), ("events", events)] {
-            let c = tokio::time::timeout(CONFIRM_TIMEOUT, confirm)
-                .await
-                .map_err(|_| QueueError::Timeout(CONFIRM_TIMEOUT))?
-                .map_err(QueueError::Amqp)?;
-            if !c.is_ack() {
-                return Err(QueueError::Nacked(format!("{what}: nack")).into());
-            }
-            if c.take_message().is_some() {
-                return Err(QueueError::Nacked(format!("{what}: unroutable")).into());
-            }
+        let c = tokio::time::timeout(CONFIRM_TIMEOUT, confirm)
+            .await
+            .map_err(|_| QueueError::Timeout(CONFIRM_TIMEOUT))?
+            .map_err(QueueError::Amqp)?;
+        if !c.is_ack() {
+            return Err(QueueError::Nacked("claims: nack".into()).into());
         }
+        if c.take_message().is_some() {
+            return Err(QueueError::Nacked("claims: unroutable".into()).into());
+        }
+        events.send(self, &body, props).await;
         Ok(())
     }
 
     /// Publishes the records read in one pass, from all buckets together,
     /// as messages of up to [`MESSAGE_CLAIMS`] claims (fewer, larger messages:
-    /// the broker's cost is mostly per message), waits for every confirm,
-    /// then acks and deletes exactly those entries, bucket by bucket.
+    /// the broker's cost is mostly per message), waits for every claims
+    /// confirm, then acks and deletes exactly those entries, bucket by
+    /// bucket. A broker failure is the error; the buckets whose ack failed
+    /// are returned (their entries stay pending with this consumer and are
+    /// taken over by `XAUTOCLAIM` after the idle time, sent again: the
+    /// persist worker is idempotent).
     async fn publish_and_ack(
         &self,
         ch: &Channel,
+        events: &mut EventsChannel,
+        conn: &lapin::Connection,
         redis: &ClusterConnection,
         work: &[(u16, Vec<Entry>)],
-    ) -> Result<(), RelayError> {
+    ) -> Result<Vec<(u16, RelayError)>, RelayError> {
         // Well-formed records travel together; a malformed one alone, so the
         // persist worker dead-letters only it.
         let mut good: Vec<&str> = Vec::new();
@@ -579,7 +646,8 @@ impl Relay {
             tracing::error!(entry = %e.id, "malformed outbox record; sending it to the dead-letter queue");
             sends.push(vec![e.raw.as_deref().unwrap_or_default()]);
         }
-        for r in join_all(sends.iter().map(|records| self.publish(ch, records))).await {
+        events.reopen_if_closed(conn, self.amqp_timeout).await;
+        for r in join_all(sends.iter().map(|records| self.publish(ch, events, records))).await {
             r?;
         }
         PipelineMetrics::add(&self.metrics.published_batches, sends.len() as u64);
@@ -593,13 +661,142 @@ impl Relay {
                 for e in entries {
                     inv.arg(&e.id);
                 }
-                self.bounded(inv.invoke_async::<i64>(&mut conn)).await
+                (*bucket, self.bounded(inv.invoke_async::<i64>(&mut conn)).await)
             }
         });
-        for r in join_all(acks).await {
-            r?;
+        Ok(join_all(acks).await.into_iter().filter_map(|(b, r)| r.err().map(|e| (b, e))).collect())
+    }
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until_or_forever(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The outcome of one bucket's read.
+struct BucketRead {
+    bucket: u16,
+    /// The read also reclaimed and measured the stream.
+    reclaim: bool,
+    result: Result<(Vec<Entry>, u64), RelayError>,
+}
+
+/// What the session knows of one bucket.
+struct BucketState {
+    /// Its read is in flight (never two at once).
+    reading: bool,
+    /// When to read it next.
+    due: Instant,
+    /// Polling interval while healthy (see `session`).
+    interval: Duration,
+    /// Backoff while its reads or acks fail.
+    retry: Backoff,
+    /// Last time its read included the reclaim and the length.
+    last_reclaim: Instant,
+    /// Its stream's length as of then (feeds the outbox-length gauge).
+    len: u64,
+    /// Its consumer group is not known to exist (at start, after NOGROUP).
+    needs_group: bool,
+}
+
+impl BucketState {
+    fn new() -> Self {
+        let now = Instant::now();
+        Self {
+            reading: false,
+            due: now,
+            interval: POLL_MIN,
+            retry: Backoff::default(),
+            last_reclaim: now - RECLAIM_EVERY,
+            len: 0,
+            needs_group: true,
         }
-        Ok(())
+    }
+
+    /// A read or an ack failed: try again after the next backoff delay.
+    fn fail(&mut self, e: &RelayError, now: Instant) {
+        if matches!(e, RelayError::Redis(r) if r.code() == Some("NOGROUP")) {
+            self.needs_group = true;
+        }
+        self.due = now + self.retry.next_delay();
+        // Measure the stream again at the first read that works.
+        self.last_reclaim = now - RECLAIM_EVERY;
+    }
+}
+
+/// Claim events leave on their own channel, best effort: the ack of the
+/// outbox waits only for the claims confirm. Each event's confirm is
+/// awaited by a task of its own; a nack, a timeout or a failed publish
+/// counts in `events_failed` and is not retried (an optional consumer's
+/// full or leaderless queue must not make the relay send the claims again
+/// and again). At most [`EVENTS_IN_FLIGHT`] confirms are awaited at once;
+/// past that an event is dropped (counted), so nothing grows without bound
+/// while a consumer refuses. Consumers that need every event read them
+/// from MySQL or the claims pipeline, not from this fan-out.
+struct EventsChannel {
+    ch: Option<Channel>,
+    in_flight: Arc<tokio::sync::Semaphore>,
+}
+
+/// Event confirms awaited at once, at most.
+const EVENTS_IN_FLIGHT: usize = 64;
+
+impl EventsChannel {
+    async fn open(conn: &lapin::Connection, timeout: Duration) -> Self {
+        let mut me = Self { ch: None, in_flight: Arc::new(tokio::sync::Semaphore::new(EVENTS_IN_FLIGHT)) };
+        me.reopen_if_closed(conn, timeout).await;
+        me
+    }
+
+    /// A channel closed by the broker (a refused publish can close it) is
+    /// opened again; failing that, events are dropped until the next pass.
+    async fn reopen_if_closed(&mut self, conn: &lapin::Connection, timeout: Duration) {
+        if self.ch.as_ref().is_some_and(|c| c.status().connected()) {
+            return;
+        }
+        self.ch = None;
+        let opened = async {
+            let ch = amqp_call(timeout, conn.create_channel()).await?;
+            amqp_call(timeout, ch.confirm_select(lapin::options::ConfirmSelectOptions::default())).await?;
+            Ok::<_, QueueError>(ch)
+        };
+        match opened.await {
+            Ok(ch) => self.ch = Some(ch),
+            Err(e) => tracing::debug!(error = %e, "cannot open the events channel; claim events are dropped meanwhile"),
+        }
+    }
+
+    async fn send(&self, relay: &Relay, body: &[u8], props: BasicProperties) {
+        let failed = &relay.metrics.events_failed;
+        let (Some(ch), Ok(permit)) = (&self.ch, self.in_flight.clone().try_acquire_owned()) else {
+            PipelineMetrics::add(failed, 1);
+            return;
+        };
+        let publish = ch.basic_publish(
+            relay.topology.events_exchange.as_str().into(),
+            "claim".into(),
+            BasicPublishOptions::default(),
+            body,
+            props,
+        );
+        let confirm = match amqp_call(relay.amqp_timeout, publish).await {
+            Ok(c) => c,
+            Err(_) => {
+                PipelineMetrics::add(failed, 1);
+                return;
+            }
+        };
+        let metrics = relay.metrics.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let ok = matches!(tokio::time::timeout(CONFIRM_TIMEOUT, confirm).await, Ok(Ok(c)) if c.is_ack());
+            if !ok {
+                PipelineMetrics::add(&metrics.events_failed, 1);
+            }
+        });
     }
 }
 

@@ -65,7 +65,10 @@ impl StockStore {
     pub async fn publish(&self, notice: &Notice) -> Result<()> {
         let mut c = self.conn.get();
         let _receivers: i64 = self
-            .bounded(redis::cmd("PUBLISH").arg(channel(self.keys.prefix())).arg(notice.encode()).query_async(&mut c))
+            .bounded(
+                None,
+                redis::cmd("PUBLISH").arg(channel(self.keys.prefix())).arg(notice.encode()).query_async(&mut c),
+            )
             .await?;
         Ok(())
     }

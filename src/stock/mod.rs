@@ -30,6 +30,7 @@
 
 pub mod batch;
 pub mod broadcast;
+mod guard;
 pub mod keys;
 pub mod placement;
 pub mod rebalance;
@@ -40,7 +41,7 @@ pub mod restore;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::future::try_join_all;
+use futures_util::future::{join_all, try_join_all};
 use redis::Value;
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
@@ -48,7 +49,7 @@ use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 
 use crate::domain::campaign::home_shard;
 use crate::domain::{Campaign, CouponId, CouponRecord, UserId};
-use crate::protect::Breaker;
+use crate::protect::Breakers;
 pub use keys::{KeyLayout, ShardKeys};
 pub use placement::{PlacementError, SlotMap};
 
@@ -189,9 +190,10 @@ pub struct StockStore {
     scripts: Scripts,
     /// Upper bound for any single Redis call.
     timeout: Duration,
-    /// Fails calls fast while the cluster is unreachable; shared by every
-    /// clone of the store.
-    breaker: Arc<Breaker>,
+    /// One breaker per master: fails the calls of a master's slots fast
+    /// while it is unreachable; shared by every clone of the store (see
+    /// `guard`).
+    guard: Arc<guard::Guard>,
     /// Whether a grant waits for a replica before it is answered.
     durability: Durability,
     /// Per-shard queues that group concurrent claims into one script call.
@@ -231,16 +233,18 @@ impl StockStore {
         let conn = tokio::time::timeout(timeout * 2, client.get_async_connection())
             .await
             .map_err(|_| StockError::Timeout(timeout * 2))??;
-        Ok(Self {
+        let store = Self {
             conn: Arc::new(reconnect::Reconnecting::new(client, conn, timeout * 2)),
             keys: KeyLayout::new(prefix),
             scripts: Scripts::new(),
             timeout,
             durability: Durability::Fast,
-            breaker: Arc::new(Breaker::new(5, Duration::from_secs(1))),
+            guard: Arc::new(guard::Guard::new(Breakers::new(5, Duration::from_secs(1)))),
             batcher: Arc::new(batch::Batcher::new(DEFAULT_CLAIM_BATCH)),
             claim_calls: Arc::default(),
-        })
+        };
+        store.load_breaker_table().await;
+        Ok(store)
     }
 
     /// The same store sending at most `max` claims of one shard per script
@@ -263,9 +267,12 @@ impl StockStore {
         self.batcher.workers()
     }
 
-    /// The same store behind `breaker` (shared with whoever else holds it).
-    pub fn with_breaker(mut self, breaker: Arc<Breaker>) -> Self {
-        self.breaker = breaker;
+    /// The same store behind breakers (one per master) that open after
+    /// `threshold` consecutive outage errors and pause for `open_for`. Reads
+    /// the slot map for them (once, bounded by the timeout).
+    pub async fn with_breakers(mut self, threshold: u32, open_for: Duration) -> Self {
+        self.guard = Arc::new(guard::Guard::new(Breakers::new(threshold, open_for)));
+        self.load_breaker_table().await;
         self
     }
 
@@ -274,8 +281,9 @@ impl StockStore {
         self.conn.rebuilds()
     }
 
-    pub fn breaker(&self) -> &Breaker {
-        &self.breaker
+    /// The breakers of the masters (their states, for the metrics).
+    pub fn breakers(&self) -> &Breakers {
+        &self.guard.breakers
     }
 
     /// The same store answering grants in `durability` mode.
@@ -298,37 +306,6 @@ impl StockStore {
         self.conn.get()
     }
 
-    /// Every call of the store goes through here: refused at once while the
-    /// breaker is open, bounded by the timeout, and its outcome reported to
-    /// the breaker.
-    async fn bounded<T>(&self, fut: impl Future<Output = redis::RedisResult<T>>) -> Result<T> {
-        let ticket = self.breaker.admit().map_err(|_| {
-            self.conn.trouble();
-            StockError::BreakerOpen
-        })?;
-        match tokio::time::timeout(self.timeout, fut).await {
-            Ok(Ok(v)) => {
-                ticket.success();
-                self.conn.success();
-                Ok(v)
-            }
-            Ok(Err(e)) => {
-                if is_outage(&e) {
-                    ticket.failure();
-                    self.conn.trouble();
-                } else {
-                    ticket.answered();
-                }
-                Err(e.into())
-            }
-            Err(_) => {
-                ticket.failure();
-                self.conn.trouble();
-                Err(StockError::Timeout(self.timeout))
-            }
-        }
-    }
-
     /// `cluster_state:ok` as seen by the node that answers, and every master
     /// of the cluster's slot map answering PING on its own address. The second check is what makes
     /// `/readyz` say "down" between a master's death and its replica's
@@ -336,7 +313,7 @@ impl StockStore {
     /// `cluster_state:ok` although that master's slots are unserved.
     pub async fn ping(&self) -> Result<()> {
         let mut c = self.conn.get();
-        let info: String = self.bounded(redis::cmd("CLUSTER").arg("INFO").query_async(&mut c)).await?;
+        let info: String = self.bounded(None, redis::cmd("CLUSTER").arg("INFO").query_async(&mut c)).await?;
         if !info.lines().any(|l| l.trim() == "cluster_state:ok") {
             return Err(StockError::Protocol("cluster_state is not ok".into()));
         }
@@ -350,7 +327,7 @@ impl StockStore {
                     .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
                     .ok_or_else(|| StockError::Protocol(format!("master address {addr:?}")))?;
                 let node = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host, port });
-                self.bounded(c.route_command(redis::cmd("PING"), node)).await
+                self.bounded(None, c.route_command(redis::cmd("PING"), node)).await
             }
         });
         try_join_all(pings).await?;
@@ -360,7 +337,7 @@ impl StockStore {
     /// The live slot map.
     pub async fn slot_map(&self) -> Result<SlotMap> {
         let mut c = self.conn.get();
-        let v: Value = self.bounded(redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut c)).await?;
+        let v: Value = self.bounded(None, redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut c)).await?;
         Ok(SlotMap::parse(&v)?)
     }
 
@@ -394,7 +371,7 @@ impl StockStore {
                 for (f, v) in fields {
                     cmd.arg(f).arg(v);
                 }
-                self.bounded(cmd.query_async::<i64>(&mut conn)).await
+                self.bounded(Some(&k.hash), cmd.query_async::<i64>(&mut conn)).await
             }
         });
         try_join_all(writes).await?;
@@ -412,7 +389,7 @@ impl StockStore {
             async move {
                 let mut pipe = redis::pipe();
                 pipe.cmd("HSET").arg(&k.hash).arg("closed").arg(1);
-                self.acked(&format!("close of {} shard {s}", c.id.as_str()), &pipe, &[]).await
+                self.acked(&k.hash, &format!("close of {} shard {s}", c.id.as_str()), &pipe, &[]).await
             }
         });
         try_join_all(writes).await?;
@@ -483,7 +460,7 @@ impl StockStore {
                 for it in items {
                     inv.arg(&it.user).arg(&it.coupon).arg(&it.key);
                 }
-                let v: Value = self.bounded(inv.invoke_async(&mut conn)).await?;
+                let v: Value = self.bounded(Some(&k.hash), inv.invoke_async(&mut conn)).await?;
                 (v, None, Duration::ZERO)
             }
             Durability::Replicated { wait } => {
@@ -505,10 +482,10 @@ impl StockStore {
                 pipe.add_command(evalsha).cmd("WAIT").arg(1).arg(wait.as_millis() as u64);
                 let mut loaded = false;
                 let (v, acked): (Value, i64) = loop {
-                    match self.bounded(pipe.query_async(&mut conn)).await {
+                    match self.bounded(Some(&k.hash), pipe.query_async(&mut conn)).await {
                         Err(StockError::Redis(e)) if !loaded && e.code() == Some("NOSCRIPT") => {
                             // A restarted node or a promoted replica: load, retry once.
-                            self.bounded(self.scripts.claim.load_async(&mut conn)).await?;
+                            self.bounded(Some(&k.hash), self.scripts.claim.load_async(&mut conn)).await?;
                             loaded = true;
                         }
                         r => break r?,
@@ -589,14 +566,16 @@ impl StockStore {
     pub async fn user_coupons(&self, c: &Campaign, user: &UserId) -> Result<Vec<CouponRecord>> {
         let k = self.shard_keys(c, home_shard(user.as_str(), c.shards()));
         let mut conn = self.conn.get();
-        let held: Option<String> =
-            self.bounded(redis::cmd("HGET").arg(&k.holders).arg(user.as_str()).query_async(&mut conn)).await?;
+        let held: Option<String> = self
+            .bounded(Some(&k.holders), redis::cmd("HGET").arg(&k.holders).arg(user.as_str()).query_async(&mut conn))
+            .await?;
         let Some(held) = held else {
             return Ok(Vec::new());
         };
         let ids: Vec<&str> = held.split(',').collect();
-        let raw: Vec<Option<String>> =
-            self.bounded(redis::cmd("HMGET").arg(&k.coupons).arg(&ids).query_async(&mut conn)).await?;
+        let raw: Vec<Option<String>> = self
+            .bounded(Some(&k.coupons), redis::cmd("HMGET").arg(&k.coupons).arg(&ids).query_async(&mut conn))
+            .await?;
         raw.into_iter()
             .flatten()
             .map(|r| serde_json::from_str(&r).map_err(|e| StockError::Protocol(format!("claim record: {e}"))))
@@ -605,47 +584,42 @@ impl StockStore {
 }
 
 impl StockStore {
-    /// The newest entry id of every non-empty outbox stream: what a shutting
-    /// down instance must see relayed before it stops its relay (everything
-    /// granted through it is at or before these ids).
-    pub async fn outbox_heads(&self) -> Result<Vec<(u16, String)>> {
-        let reads = (0..self.keys.buckets()).map(|b| async move {
+    /// The newest entry id of each of `buckets`' outbox streams (`None`:
+    /// empty): what a shutting down instance must see relayed before it
+    /// stops its relay (everything granted through it is at or before these
+    /// ids). One result per bucket: an unreachable master fails only its
+    /// own buckets.
+    pub async fn outbox_heads(&self, buckets: &[u16]) -> Vec<(u16, Result<Option<String>>)> {
+        let reads = buckets.iter().map(|&b| async move {
+            let key = self.keys.outbox(b);
             let mut conn = self.conn.get();
-            let last: redis::streams::StreamRangeReply = self
+            let last: Result<redis::streams::StreamRangeReply> = self
                 .bounded(
-                    redis::cmd("XREVRANGE")
-                        .arg(self.keys.outbox(b))
-                        .arg("+")
-                        .arg("-")
-                        .arg("COUNT")
-                        .arg(1)
-                        .query_async(&mut conn),
+                    Some(&key),
+                    redis::cmd("XREVRANGE").arg(&key).arg("+").arg("-").arg("COUNT").arg(1).query_async(&mut conn),
                 )
-                .await?;
-            Ok::<_, StockError>(last.ids.into_iter().next().map(|e| (b, e.id)))
+                .await;
+            (b, last.map(|l| l.ids.into_iter().next().map(|e| e.id)))
         });
-        Ok(try_join_all(reads).await?.into_iter().flatten().collect())
+        join_all(reads).await
     }
 
-    /// How many of `heads` still have an entry at or before their id in the
-    /// outbox (the relay deletes an entry once the broker confirmed it).
-    pub async fn outbox_unrelayed(&self, heads: &[(u16, String)]) -> Result<usize> {
+    /// For each of `heads`, whether its stream still has an entry at or
+    /// before its id (the relay deletes an entry once the broker confirmed
+    /// it). One result per bucket.
+    pub async fn outbox_unrelayed(&self, heads: &[(u16, String)]) -> Vec<(u16, Result<bool>)> {
         let reads = heads.iter().map(|(b, id)| async move {
+            let key = self.keys.outbox(*b);
             let mut conn = self.conn.get();
-            let first: redis::streams::StreamRangeReply = self
+            let first: Result<redis::streams::StreamRangeReply> = self
                 .bounded(
-                    redis::cmd("XRANGE")
-                        .arg(self.keys.outbox(*b))
-                        .arg("-")
-                        .arg(id)
-                        .arg("COUNT")
-                        .arg(1)
-                        .query_async(&mut conn),
+                    Some(&key),
+                    redis::cmd("XRANGE").arg(&key).arg("-").arg(id).arg("COUNT").arg(1).query_async(&mut conn),
                 )
-                .await?;
-            Ok::<_, StockError>(usize::from(!first.ids.is_empty()))
+                .await;
+            (*b, first.map(|f| !f.ids.is_empty()))
         });
-        Ok(try_join_all(reads).await?.into_iter().sum())
+        join_all(reads).await
     }
 
     /// Every claim record of a campaign (all shards), for reconcile. Scans
@@ -658,7 +632,10 @@ impl StockStore {
             let mut cursor = "0".to_owned();
             loop {
                 let (next, flat): (String, Vec<String>) = self
-                    .bounded(redis::cmd("HSCAN").arg(&key).arg(&cursor).arg("COUNT").arg(1000).query_async(&mut conn))
+                    .bounded(
+                        Some(&key),
+                        redis::cmd("HSCAN").arg(&key).arg(&cursor).arg("COUNT").arg(1000).query_async(&mut conn),
+                    )
                     .await?;
                 for pair in flat.chunks(2) {
                     if let [_, raw] = pair {

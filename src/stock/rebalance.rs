@@ -143,7 +143,8 @@ impl StockStore {
             .cmd("HGETALL")
             .arg(&k.xout);
         type Reply = ((Option<i64>, Option<i64>), i64, Vec<(String, String)>);
-        let ((remaining, epoch), claimed, journal): Reply = self.bounded(pipe.query_async(&mut conn)).await?;
+        let ((remaining, epoch), claimed, journal): Reply =
+            self.bounded(Some(&k.hash), pipe.query_async(&mut conn)).await?;
         let mut pending = Vec::with_capacity(journal.len());
         for (id, v) in journal {
             let entry = parse_journal_entry(id, &v)
@@ -174,7 +175,7 @@ impl StockStore {
                 for a in args {
                     inv.arg(a);
                 }
-                Ok((self.bounded(inv.invoke_async(&mut conn)).await?, None))
+                Ok((self.bounded(keys.first().copied(), inv.invoke_async(&mut conn)).await?, None))
             }
             Durability::Replicated { .. } => {
                 let mut evalsha = redis::cmd("EVALSHA");
@@ -187,7 +188,8 @@ impl StockStore {
                 }
                 let mut pipe = redis::pipe();
                 pipe.add_command(evalsha);
-                let (mut replies, acked) = self.with_wait(&pipe, &[script]).await?;
+                let (mut replies, acked) =
+                    self.with_wait(keys.first().copied().unwrap_or_default(), &pipe, &[script]).await?;
                 let v = replies.pop().ok_or_else(|| StockError::Protocol("transfer step: no reply".into()))?;
                 Ok((v, acked))
             }
@@ -249,7 +251,8 @@ impl StockStore {
             self.eval_step(&self.scripts.give, &[&dest.hash, &dest.xin], &[id.to_owned(), units.to_string()]).await?;
         self.check_acked(id, "give", acked)?;
         let mut conn = self.conn.get();
-        let _: i64 = self.bounded(redis::cmd("HDEL").arg(&donor.xout).arg(id).query_async(&mut conn)).await?;
+        let _: i64 =
+            self.bounded(Some(&donor.xout), redis::cmd("HDEL").arg(&donor.xout).arg(id).query_async(&mut conn)).await?;
         Ok(())
     }
 
@@ -302,13 +305,14 @@ impl StockStore {
     pub async fn recover_pending(&self, min_age: Duration) -> Result<usize> {
         let mut conn = self.conn.get();
         let now_s = {
-            let (s, _us): (u64, u64) = self.bounded(redis::cmd("TIME").query_async(&mut conn)).await?;
+            let (s, _us): (u64, u64) = self.bounded(None, redis::cmd("TIME").query_async(&mut conn)).await?;
             s
         };
         let (mut landed, mut seen) = (0, 0);
         for b in 0..self.keys.buckets() {
             let set = self.keys.pending_transfers(b);
-            let members: Vec<String> = self.bounded(redis::cmd("SMEMBERS").arg(&set).query_async(&mut conn)).await?;
+            let members: Vec<String> =
+                self.bounded(Some(&set), redis::cmd("SMEMBERS").arg(&set).query_async(&mut conn)).await?;
             for m in members {
                 seen += 1;
                 if seen > RECOVERY_PASS_MAX {
@@ -317,7 +321,8 @@ impl StockStore {
                 let Some((campaign, shard)) = m.rsplit_once(':').and_then(|(c, s)| Some((c, s.parse::<u32>().ok()?)))
                 else {
                     tracing::warn!(member = %m, set = %set, "bad member in the transfer set; dropped");
-                    let _: i64 = self.bounded(redis::cmd("SREM").arg(&set).arg(&m).query_async(&mut conn)).await?;
+                    let _: i64 =
+                        self.bounded(Some(&set), redis::cmd("SREM").arg(&set).arg(&m).query_async(&mut conn)).await?;
                     continue;
                 };
                 let ks = self.keys.shard(b, campaign, shard);
@@ -342,8 +347,9 @@ impl StockStore {
                         Err(err) => return Err(err),
                     }
                 }
-                let _: i64 =
-                    self.bounded(self.scripts.settle.key(&ks.xout).key(&set).arg(&m).invoke_async(&mut conn)).await?;
+                let _: i64 = self
+                    .bounded(Some(&set), self.scripts.settle.key(&ks.xout).key(&set).arg(&m).invoke_async(&mut conn))
+                    .await?;
             }
         }
         Ok(landed)
@@ -423,8 +429,9 @@ impl StockStore {
             let k = self.shard_keys(c, dest);
             let mut conn = self.conn.get();
             async move {
-                let applied: Vec<Option<String>> =
-                    self.bounded(redis::cmd("HMGET").arg(&k.xin).arg(&ids).query_async(&mut conn)).await?;
+                let applied: Vec<Option<String>> = self
+                    .bounded(Some(&k.xin), redis::cmd("HMGET").arg(&k.xin).arg(&ids).query_async(&mut conn))
+                    .await?;
                 Ok::<_, StockError>(
                     ids.into_iter()
                         .zip(applied)

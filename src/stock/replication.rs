@@ -31,8 +31,14 @@ impl StockStore {
     /// `redis::cmd("EVALSHA").arg(script.get_hash())...`) are loaded on
     /// NOSCRIPT (a restarted node, a promoted replica) and the pipeline is
     /// sent once more. `what` names the write in the error and the log.
-    pub async fn acked(&self, what: &str, pipe: &redis::Pipeline, scripts: &[&redis::Script]) -> Result<Vec<Value>> {
-        let (replies, acked) = self.with_wait(pipe, scripts).await?;
+    pub async fn acked(
+        &self,
+        key: &str,
+        what: &str,
+        pipe: &redis::Pipeline,
+        scripts: &[&redis::Script],
+    ) -> Result<Vec<Value>> {
+        let (replies, acked) = self.with_wait(key, pipe, scripts).await?;
         match (acked, self.durability) {
             (Some(acked), Durability::Replicated { wait }) if acked < 1 => {
                 tracing::warn!(what, acked, ?wait, "no replica acknowledged a write in time: answering 503");
@@ -49,17 +55,18 @@ impl StockStore {
     /// missing acknowledgement (the transfer steps of `rebalance`).
     pub(crate) async fn with_wait(
         &self,
+        key: &str,
         pipe: &redis::Pipeline,
         scripts: &[&redis::Script],
     ) -> Result<(Vec<Value>, Option<i64>)> {
         let mut conn = self.conn.get();
         let wait = match self.durability {
-            Durability::Fast => return Ok((self.run_loading(&mut conn, pipe, scripts).await?, None)),
+            Durability::Fast => return Ok((self.run_loading(key, &mut conn, pipe, scripts).await?, None)),
             Durability::Replicated { wait } => wait,
         };
         let mut pipe = pipe.clone();
         pipe.cmd("WAIT").arg(1).arg(wait.as_millis() as u64);
-        let mut replies = self.run_loading(&mut conn, &pipe, scripts).await?;
+        let mut replies = self.run_loading(key, &mut conn, &pipe, scripts).await?;
         match replies.pop() {
             Some(Value::Int(n)) => Ok((replies, Some(n))),
             other => Err(StockError::Protocol(format!("WAIT answered {other:?}"))),
@@ -69,16 +76,17 @@ impl StockStore {
     /// `pipe` on `conn`, loading `scripts` and retrying once on NOSCRIPT.
     async fn run_loading(
         &self,
+        key: &str,
         conn: &mut redis::cluster_async::ClusterConnection,
         pipe: &redis::Pipeline,
         scripts: &[&redis::Script],
     ) -> Result<Vec<Value>> {
         let mut loaded = false;
         loop {
-            match self.bounded(pipe.query_async(conn)).await {
+            match self.bounded(Some(key), pipe.query_async(conn)).await {
                 Err(StockError::Redis(e)) if !loaded && !scripts.is_empty() && e.code() == Some("NOSCRIPT") => {
                     for s in scripts {
-                        self.bounded(s.load_async(conn)).await?;
+                        self.bounded(Some(key), s.load_async(conn)).await?;
                     }
                     loaded = true;
                 }

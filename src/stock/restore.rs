@@ -62,7 +62,7 @@ impl StockStore {
                     inv.arg(&r.id).arg(&r.user_id).arg(json).arg(r.idempotency_key.as_deref().unwrap_or(""));
                 }
                 let mut conn = self.conn.get();
-                let codes: Vec<i64> = self.bounded(inv.invoke_async(&mut conn)).await?;
+                let codes: Vec<i64> = self.bounded(Some(&k.hash), inv.invoke_async(&mut conn)).await?;
                 if codes.len() != chunk.len() {
                     return Err(StockError::Protocol(format!(
                         "restore.lua: {} answers for {}",
@@ -90,7 +90,7 @@ impl StockStore {
                 let mut inv = script.key(&k.hash);
                 inv.key(&k.holders).key(&k.coupons).key(&k.idem).arg("unit");
                 let mut conn = self.conn.get();
-                let took: i64 = self.bounded(inv.invoke_async(&mut conn)).await?;
+                let took: i64 = self.bounded(Some(&k.hash), inv.invoke_async(&mut conn)).await?;
                 if took == 1 {
                     found = true;
                     break;

@@ -7,6 +7,7 @@ mod dlq;
 #[path = "../api/helpers.rs"]
 #[allow(dead_code)]
 mod helpers;
+mod isolation;
 mod pressure;
 #[path = "../support/private_cluster.rs"]
 mod private_cluster;

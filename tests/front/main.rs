@@ -529,16 +529,25 @@ async fn claims_fail_fast_while_redis_is_down_and_recover() {
     assert_eq!(app.claim(&id, "before").await.0, StatusCode::CREATED);
 
     cluster.signal_all("-STOP");
-    // The first few wait for the Redis timeout and open the breaker...
+    // Claims that waited for the timeout reached a frozen node (which runs
+    // them when it wakes up); counted to bound `claimed` below.
+    let mut reached_redis = 0;
+    // The first few wait for the Redis timeout and open the breakers (one
+    // per master: each opens after 3 of its own timeouts)...
     for i in 0..3 {
+        let t = Instant::now();
         let got = app.claim(&id, &format!("opening-{i}")).await;
         assert_error(&got, 503, "unavailable");
+        reached_redis += usize::from(t.elapsed() >= Duration::from_millis(250));
     }
-    // ...then every claim is refused at once.
+    // ...then claims are refused at once (but for the rest of the
+    // openings and a probe now and then).
     let started = Instant::now();
     for i in 0..50 {
+        let t = Instant::now();
         let got = app.claim(&id, &format!("down-{i}")).await;
         assert_error(&got, 503, "unavailable");
+        reached_redis += usize::from(t.elapsed() >= Duration::from_millis(250));
     }
     let per_claim = started.elapsed() / 50;
     assert!(per_claim < Duration::from_millis(100), "503 at once while open: {per_claim:?} per claim");
@@ -565,11 +574,12 @@ async fn claims_fail_fast_while_redis_is_down_and_recover() {
     }
     let m = metrics(&app, 0).await;
     assert_eq!(metric(&m, "flashgrab_redis_breaker_state"), 0.0, "closed again: {m}");
-    // 12 answered 201. The three claims that timed out while opening the
-    // breaker were sent to a frozen node: it ran them when it woke up. A
-    // 503 means "maybe granted" (API.md); it is never a 201 that was not.
+    // 12 answered 201. The claims that timed out while opening the
+    // breakers (and the failed probes) were sent to a frozen node: it ran
+    // them when it woke up. A 503 means "maybe granted" (API.md); it is
+    // never a 201 that was not.
     let claimed = app.stats(&id).await["claimed"].as_u64().unwrap();
-    assert!((12..=15).contains(&claimed), "{claimed}");
+    assert!((12..=12 + reached_redis as u64).contains(&claimed), "{claimed} claimed, {reached_redis} timed out");
     app.cleanup().await;
 }
 

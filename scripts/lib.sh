@@ -43,6 +43,7 @@ fg_tool_package() {
   wrk) echo wrk ;;
   redis-cli) echo redis-tools ;;
   mariadb) echo mariadb-client ;;
+  setsid) echo util-linux ;;
   *) echo "$1" ;;
   esac
 }

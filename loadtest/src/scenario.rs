@@ -546,6 +546,13 @@ async fn run(c: &Common, mut s: Setup) -> anyhow::Result<Verdict> {
 /// over already.
 async fn staged_campaign(http: &Http, base: &str, admin_token: &str, id: &str) -> anyhow::Result<api::Staged> {
     let staged = api::get_campaign(http, base, admin_token, id).await?;
+    let stats = api::fetch_stats(http, base, admin_token, id).await?;
+    if stats.claimed > 0 {
+        bail!(
+            "--campaign {id} already has {} claims; stage a fresh one (the invariants count every claim as this run's)",
+            stats.claimed
+        );
+    }
     if staged.per_user_limit != 1 {
         bail!(
             "--campaign {id} has per_user_limit {}; the harness checks campaigns of one coupon per user",
@@ -554,13 +561,6 @@ async fn staged_campaign(http: &Http, base: &str, admin_token: &str, id: &str) -
     }
     if staged.ends_at <= chrono::Utc::now() || matches!(staged.status.as_str(), "ended" | "sold_out") {
         bail!("--campaign {id} is over (status {}, ends_at {})", staged.status, staged.ends_at);
-    }
-    let stats = api::fetch_stats(http, base, admin_token, id).await?;
-    if stats.claimed > 0 {
-        bail!(
-            "--campaign {id} already has {} claims; stage a fresh one (the invariants count every claim as this run's)",
-            stats.claimed
-        );
     }
     Ok(staged)
 }

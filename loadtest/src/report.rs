@@ -212,14 +212,19 @@ pub fn warnings(outcomes: &[OutcomeSummary]) -> Vec<String> {
     let limited = of(Outcome::RateLimited.key());
     if share(limited) > 0.5 {
         out.push(format!(
-            "{limited} of {claims} claim answers ({:.0}%) were 429 rate_limited: this run measured the rate limits,              not the claim path. A load test from one machine is one client address: start the service with              FLASHGRAB_IP_RATE=0 (scripts/run does); past that, FLASHGRAB_CLAIM_RATE (per instance) or              FLASHGRAB_USER_RATE (per user) is the limit that refused",
+            "{limited} of {claims} claim answers ({:.0}%) were 429 rate_limited: this run measured the rate limits, \
+             not the claim path. A load test from one machine is one client address: start the service with \
+             FLASHGRAB_IP_RATE=0 (scripts/run does); past that, FLASHGRAB_CLAIM_RATE (per instance) or \
+             FLASHGRAB_USER_RATE (per user) is the limit that refused",
             share(limited) * 100.0
         ));
     }
     let unavailable = of(Outcome::Unavailable.key());
     if share(unavailable) > 0.5 {
         out.push(format!(
-            "{unavailable} of {claims} claim answers ({:.0}%) were 503 unavailable: the service shed the load              (more than FLASHGRAB_MAX_IN_FLIGHT requests waiting, or the Redis breaker open: see its log and              /metrics); lower --concurrency, or raise FLASHGRAB_MAX_IN_FLIGHT if the backends keep up",
+            "{unavailable} of {claims} claim answers ({:.0}%) were 503 unavailable: the service shed the load \
+             (more than FLASHGRAB_MAX_IN_FLIGHT requests waiting, or the Redis breaker open: see its log and \
+             /metrics); lower --concurrency, or raise FLASHGRAB_MAX_IN_FLIGHT if the backends keep up",
             share(unavailable) * 100.0
         ));
     }

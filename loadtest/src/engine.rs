@@ -57,6 +57,9 @@ pub struct Plan {
     pub concurrency: usize,
     /// Arrivals per second for the open loop; `None` for the closed loop.
     pub rate: Option<f64>,
+    /// Open loop by a profile (`--arrivals`): arrival `i` is due at
+    /// `profile.due(i)` rather than `i / rate`.
+    pub profile: Option<Arc<crate::arrivals::Profile>>,
     /// No arrival after this.
     pub duration: Duration,
     /// Follow-ups are still sent this long after `duration`.
@@ -351,7 +354,11 @@ fn peek_arrival(w: usize, k: u64, s: &Shared) -> Option<(u64, Instant)> {
         }
         Some(rate) => {
             let i = w as u64 + k * s.plan.concurrency as u64;
-            let due = s.start + Duration::from_secs_f64(i as f64 / rate);
+            let at = match &s.plan.profile {
+                Some(p) => p.due(i)?,
+                None => i as f64 / rate,
+            };
+            let due = s.start + Duration::from_secs_f64(at);
             (i < s.plan.arrivals && due < s.deadline).then_some((i, due))
         }
     }

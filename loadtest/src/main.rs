@@ -21,6 +21,7 @@
 #![forbid(unsafe_code)]
 
 mod api;
+mod arrivals;
 mod client;
 mod db;
 mod engine;

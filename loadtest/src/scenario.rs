@@ -131,6 +131,13 @@ pub struct DropArgs {
     /// No new arrival after this many seconds.
     #[arg(long, value_name = "SECS", default_value_t = 60.0)]
     duration: f64,
+    /// Open loop by an arrival profile instead of --rate: stages separated
+    /// by commas, 'burst:N@T' (N arrivals spread over T), 'ramp:A-B@T'
+    /// (A to B per second), 'rate:R@T'; k and M suffixes, T in s or ms.
+    /// E.g. 'burst:1M@2s' (the real drop) or 'ramp:0-20k@5s,rate:20k@10s'.
+    /// Sets the arrivals (at most --requests) and the duration.
+    #[arg(long, value_name = "PROFILE", conflicts_with = "rate")]
+    arrivals: Option<String>,
     /// Share of users whose first tap sends two claims at once.
     #[arg(long, value_name = "SHARE", default_value_t = 0.05)]
     double_tap: f64,
@@ -222,6 +229,7 @@ struct Setup {
     stock: u64,
     arrivals: u64,
     rate: Option<f64>,
+    profile: Option<std::sync::Arc<crate::arrivals::Profile>>,
     duration: f64,
     start_in: f64,
     behaviour: Behaviour,
@@ -247,13 +255,22 @@ fn per_arrival(rate: f64, duration: f64) -> anyhow::Result<u32> {
 pub async fn drop(a: DropArgs) -> anyhow::Result<Verdict> {
     share("--double-tap", a.double_tap)?;
     share("--retry-share", a.retry_share)?;
+    let profile = a.arrivals.as_deref().map(crate::arrivals::Profile::parse).transpose()?;
+    let (arrivals, rate, duration) = match &profile {
+        None => (a.requests.unwrap_or(u64::from(a.users)), a.rate, a.duration),
+        Some(p) => {
+            let total = p.total() as u64;
+            (a.requests.map_or(total, |r| r.min(total)), Some(p.total() / p.secs()), p.secs())
+        }
+    };
     let setup = Setup {
         scenario: "drop",
         users: a.users,
         stock: a.stock,
-        arrivals: a.requests.unwrap_or(u64::from(a.users)),
-        rate: a.rate,
-        duration: a.duration,
+        arrivals,
+        rate,
+        profile: profile.map(std::sync::Arc::new),
+        duration,
         start_in: a.start_in,
         campaign: a.campaign,
         behaviour: Behaviour {
@@ -275,6 +292,7 @@ pub async fn steady(a: SteadyArgs) -> anyhow::Result<Verdict> {
         stock: a.stock.unwrap_or(u64::from(users)),
         arrivals: a.requests.unwrap_or(u64::from(per)),
         rate: Some(a.rate),
+        profile: None,
         duration: a.duration,
         start_in: 0.0,
         behaviour: Behaviour::default(),
@@ -301,6 +319,7 @@ pub async fn redeem(a: RedeemArgs) -> anyhow::Result<Verdict> {
         stock: a.stock.unwrap_or(u64::from(users)),
         arrivals: u64::from(users),
         rate,
+        profile: None,
         duration: a.duration,
         start_in: 0.0,
         campaign: None,
@@ -410,6 +429,7 @@ async fn run(c: &Common, mut s: Setup) -> anyhow::Result<Verdict> {
         arrivals: s.arrivals,
         concurrency: c.concurrency,
         rate: s.rate,
+        profile: s.profile.clone(),
         duration: Duration::from_secs_f64(s.duration),
         grace,
     };

@@ -196,13 +196,44 @@ fn random_hex(bytes: usize) -> String {
     (0..bytes).map(|_| format!("{:02x}", rng.random::<u8>())).collect()
 }
 
+/// The secrets a command uses: only those are required. A command that
+/// serves no HTTP (`migrate`, `reconcile`, `persist`) needs neither, `token`
+/// only the JWT secret; one it does not need and that is not set is filled
+/// with a random value nobody knows (never printed, never accepted from
+/// outside), so nothing can authenticate with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Needs {
+    pub admin_token: bool,
+    pub user_jwt_secret: bool,
+}
+
+impl Needs {
+    /// `serve`: both secrets.
+    pub const ALL: Needs = Needs { admin_token: true, user_jwt_secret: true };
+    /// `migrate`, `reconcile`, `persist`: no secret.
+    pub const NONE: Needs = Needs { admin_token: false, user_jwt_secret: false };
+    /// `token`: the JWT secret only.
+    pub const JWT: Needs = Needs { admin_token: false, user_jwt_secret: true };
+}
+
 impl Settings {
     /// Loads the layers. `env` looks up an environment variable (passed in so
     /// tests need no process-global state); `dev` allows generated secrets.
+    /// Both secrets are required ([`Needs::ALL`]); see [`Settings::load_for`].
     pub fn load(
         config_file: Option<&Path>,
         env: impl Fn(&str) -> Option<String>,
         dev: bool,
+    ) -> Result<Self, ConfigError> {
+        Self::load_for(config_file, env, dev, Needs::ALL)
+    }
+
+    /// [`Settings::load`] for a command that requires only the secrets in `needs`.
+    pub fn load_for(
+        config_file: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+        dev: bool,
+        needs: Needs,
     ) -> Result<Self, ConfigError> {
         let file = match config_file {
             None => FileSettings::default(),
@@ -262,6 +293,7 @@ impl Settings {
                 generated_secrets = true;
                 random_hex(16)
             }
+            None if !needs.admin_token => random_hex(16),
             None => {
                 return Err(err("FLASHGRAB_ADMIN_TOKEN", "required (set it, or run with --dev to generate one)"));
             }
@@ -275,6 +307,7 @@ impl Settings {
                 generated_secrets = true;
                 random_hex(32)
             }
+            None if !needs.user_jwt_secret => random_hex(32),
             None => {
                 return Err(err("FLASHGRAB_USER_JWT_SECRET", "required (set it, or run with --dev to generate one)"));
             }
@@ -432,6 +465,23 @@ mod tests {
         ("FLASHGRAB_ADMIN_TOKEN", "admin-token-0123456789"),
         ("FLASHGRAB_USER_JWT_SECRET", "0123456789abcdef0123456789abcdef"),
     ];
+
+    #[test]
+    fn commands_need_only_the_secrets_they_use() {
+        let s = Settings::load_for(None, env(&[]), false, Needs::NONE).unwrap();
+        assert!(!s.generated_secrets && s.admin_token.len() >= 16 && s.user_jwt_secret.len() >= 32);
+        let e = Settings::load_for(None, env(&[]), false, Needs::JWT).unwrap_err();
+        assert_eq!(e.setting, "FLASHGRAB_USER_JWT_SECRET");
+        let jwt = [SECRETS[1]];
+        let s = Settings::load_for(None, env(&jwt), false, Needs::JWT).unwrap();
+        assert_eq!(s.user_jwt_secret, SECRETS[1].1);
+        // A value given is still checked, needed or not.
+        let short = [("FLASHGRAB_ADMIN_TOKEN", "short")];
+        assert_eq!(
+            Settings::load_for(None, env(&short), false, Needs::NONE).unwrap_err().setting,
+            "FLASHGRAB_ADMIN_TOKEN"
+        );
+    }
 
     #[test]
     fn defaults_need_secrets_outside_dev() {

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use flashgrab::auth::JwtKeys;
-use flashgrab::config::Settings;
+use flashgrab::config::{Needs, Settings};
 use flashgrab::startup::{self, Application};
 
 /// mimalloc instead of glibc malloc: a profile of the claim path at ~10k
@@ -131,8 +131,9 @@ enum DlqAction {
     },
 }
 
-fn load(common: &Common) -> Result<Settings, ExitCode> {
-    let settings = Settings::load(common.config.as_deref(), |k| std::env::var(k).ok(), common.dev).map_err(|e| {
+fn load(common: &Common, needs: Needs) -> Result<Settings, ExitCode> {
+    let env = |k: &str| std::env::var(k).ok();
+    let settings = Settings::load_for(common.config.as_deref(), env, common.dev, needs).map_err(|e| {
         eprintln!("{e}");
         ExitCode::from(2)
     })?;
@@ -149,8 +150,20 @@ fn print_dev_help(settings: &Settings, addr: std::net::SocketAddr) {
             "\n  dev mode: generated secrets (set FLASHGRAB_ADMIN_TOKEN / FLASHGRAB_USER_JWT_SECRET to keep them)"
         );
     }
-    println!("\n  admin token:      {}", settings.admin_token);
-    println!("  user jwt secret:  {}", settings.user_jwt_secret);
+    // Export lines, not prose: pasted into another shell they let the load
+    // test and `flashgrab token` use this instance's secrets.
+    println!("\n  in another shell, paste:");
+    println!(
+        "    export FLASHGRAB_ADMIN_TOKEN={} FLASHGRAB_USER_JWT_SECRET={}",
+        settings.admin_token, settings.user_jwt_secret
+    );
+    println!("  then load test it:");
+    println!("    cargo run --release -p flashgrab-loadtest -- drop --url http://{addr} --users 20000 --stock 5000");
+    if settings.protect.ip_rate.is_some() && addr.ip().is_loopback() {
+        println!(
+            "  (the per-address limit is on, and a load test from this machine is one address: most answers will be\n   429; restart with FLASHGRAB_IP_RATE=0 to load the claim path)"
+        );
+    }
     println!("  user token (sub=demo-user, 24h):\n    {token}\n");
     println!("  create a drop of 1000 coupons starting 5 s after you paste this (GNU date):");
     println!(
@@ -251,10 +264,9 @@ async fn reconcile(settings: Settings, campaign: &str, repair: bool) -> ExitCode
 }
 
 /// `flashgrab dlq`: talks to RabbitMQ only, so the secrets of `serve` are
-/// not required (loaded as in --dev: stand-ins are generated and never
-/// used).
+/// not required.
 async fn dlq(common: &Common, action: DlqAction) -> ExitCode {
-    let settings = match load(&Common { dev: true, ..common.clone() }) {
+    let settings = match load(common, Needs::NONE) {
         Ok(s) => s,
         Err(code) => return code,
     };
@@ -287,7 +299,7 @@ async fn dlq(common: &Common, action: DlqAction) -> ExitCode {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { common, no_persist, no_relay } => match load(&common) {
+        Command::Serve { common, no_persist, no_relay } => match load(&common, Needs::ALL) {
             Ok(mut s) => {
                 s.run_persist = !no_persist;
                 s.run_relay = !no_relay;
@@ -295,16 +307,16 @@ async fn main() -> ExitCode {
             }
             Err(code) => code,
         },
-        Command::Persist { common } => match load(&common) {
+        Command::Persist { common } => match load(&common, Needs::NONE) {
             Ok(s) => persist(s).await,
             Err(code) => code,
         },
-        Command::Reconcile { common, campaign, repair } => match load(&common) {
+        Command::Reconcile { common, campaign, repair } => match load(&common, Needs::NONE) {
             Ok(s) => reconcile(s, &campaign, repair).await,
             Err(code) => code,
         },
         Command::Dlq { common, action } => dlq(&common, action).await,
-        Command::Migrate { common } => match load(&common) {
+        Command::Migrate { common } => match load(&common, Needs::NONE) {
             Ok(s) => match startup::migrate(&s).await {
                 Ok(_) => {
                     println!("migrations applied to {}", s.mysql_url.rsplit('/').next().unwrap_or("?"));
@@ -317,7 +329,7 @@ async fn main() -> ExitCode {
             },
             Err(code) => code,
         },
-        Command::Token { common, user, ttl } => match load(&common) {
+        Command::Token { common, user, ttl } => match load(&common, Needs::JWT) {
             Ok(s) => {
                 println!(
                     "{}",

@@ -171,3 +171,31 @@ pub async fn my_coupons(http: &Http, base: &str, auth: &HeaderValue, campaign: &
     let list: Coupons = serde_json::from_slice(&reply).with_context(|| format!("GET {path}: unexpected body"))?;
     Ok(list.coupons.into_iter().map(|c| c.id).collect())
 }
+
+/// The terms of an existing campaign the harness reads (`--campaign ID`).
+#[derive(Debug, Deserialize)]
+pub struct Staged {
+    pub id: String,
+    pub status: String,
+    pub total_stock: u64,
+    pub per_user_limit: u32,
+    pub starts_at: chrono::DateTime<Utc>,
+    pub ends_at: chrono::DateTime<Utc>,
+}
+
+/// `GET /v1/campaigns/{id}`.
+pub async fn get_campaign(http: &Http, base: &str, admin_token: &str, campaign: &str) -> anyhow::Result<Staged> {
+    let path = format!("/v1/campaigns/{campaign}");
+    let (status, reply) = send_retrying(http, || {
+        Request::get(format!("{base}{path}"))
+            .header(AUTHORIZATION, format!("Bearer {admin_token}"))
+            .body(Full::new(Bytes::new()))
+    })
+    .await
+    .with_context(|| format!("GET {path}"))?;
+    match status.as_u16() {
+        200 => serde_json::from_slice(&reply).with_context(|| format!("GET {path}: unexpected body")),
+        404 => bail!("--campaign {campaign}: no such campaign on {base}"),
+        _ => bail!("GET {path} answered {status}: {}", String::from_utf8_lossy(&reply)),
+    }
+}

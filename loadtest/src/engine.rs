@@ -57,6 +57,9 @@ pub struct Plan {
     pub concurrency: usize,
     /// Arrivals per second for the open loop; `None` for the closed loop.
     pub rate: Option<f64>,
+    /// Open loop by a profile (`--arrivals`): arrival `i` is due at
+    /// `profile.due(i)` rather than `i / rate`.
+    pub profile: Option<Arc<crate::arrivals::Profile>>,
     /// No arrival after this.
     pub duration: Duration,
     /// Follow-ups are still sent this long after `duration`.
@@ -162,6 +165,10 @@ pub struct RunResult {
     pub abandoned: u64,
     /// A few transport/unexpected-status details, for diagnosis.
     pub samples: Vec<String>,
+    /// With several targets, the claim histograms of each (worker `w` claims
+    /// on target `w % n`; its redemptions go to the next one and are not in
+    /// the split). Empty with one target.
+    pub per_target: Vec<Hists>,
 }
 
 impl RunResult {
@@ -284,9 +291,15 @@ pub async fn run(http: Http, target: Target, plan: Plan, behaviour: Behaviour, u
     let progress = tokio::spawn(progress(shared.clone()));
     let workers: Vec<_> = (0..shared.plan.concurrency).map(|w| tokio::spawn(worker(w, shared.clone()))).collect();
     let mut out = WorkerOut::default();
-    for w in workers {
-        match w.await {
+    let targets = shared.target.claim_uris.len();
+    let mut per_target: Vec<Hists> =
+        if targets > 1 { (0..targets).map(|_| Hists::default()).collect() } else { Vec::new() };
+    for (w, handle) in workers.into_iter().enumerate() {
+        match handle.await {
             Ok(o) => {
+                if let Some(t) = per_target.get_mut(w % targets) {
+                    t.merge(o.hists.clone());
+                }
                 out.hists.merge(o.hists);
                 out.grants.extend(o.grants);
                 out.redemptions.extend(o.redemptions);
@@ -327,6 +340,7 @@ pub async fn run(http: Http, target: Target, plan: Plan, behaviour: Behaviour, u
         },
         abandoned: out.abandoned,
         samples: out.samples,
+        per_target,
     }
 }
 
@@ -340,7 +354,11 @@ fn peek_arrival(w: usize, k: u64, s: &Shared) -> Option<(u64, Instant)> {
         }
         Some(rate) => {
             let i = w as u64 + k * s.plan.concurrency as u64;
-            let due = s.start + Duration::from_secs_f64(i as f64 / rate);
+            let at = match &s.plan.profile {
+                Some(p) => p.due(i)?,
+                None => i as f64 / rate,
+            };
+            let due = s.start + Duration::from_secs_f64(at);
             (i < s.plan.arrivals && due < s.deadline).then_some((i, due))
         }
     }

@@ -407,6 +407,9 @@ mod tests {
             stats: Some(Stats { total_stock: 5, claimed: 5, persisted: 5, ..Stats::default() }),
             invariants: vec![Check { name: "total_stock", ok: held, detail: "x < y".into() }],
             held,
+            targets: Vec::new(),
+            slo: Vec::new(),
+            warnings: Vec::new(),
         }
     }
 

@@ -383,6 +383,7 @@ mod tests {
             first_sold_out: None,
             abandoned: 0,
             samples: Vec::new(),
+            per_target: Vec::new(),
         }
     }
 

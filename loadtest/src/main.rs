@@ -11,7 +11,9 @@
 //! Every scenario shows progress every second, prints a latency summary per
 //! outcome, writes a JSON and an HTML report, checks the invariants through
 //! the API (and the database with `--mysql-url`) and exits 1 naming the
-//! broken ones (2 for a usage or setup error).
+//! broken ones (2 for a usage or setup error). `--slo` adds a launch gate
+//! (`p99<50ms,errors<0.1%,granted==stock`, see `slo`): exit 3 when a
+//! threshold failed and every invariant held.
 //!
 //! Bounded by construction: a request count, a wall-clock duration and a
 //! per-request timeout; the targets must be loopback addresses unless
@@ -19,6 +21,7 @@
 #![forbid(unsafe_code)]
 
 mod api;
+mod arrivals;
 mod client;
 mod db;
 mod engine;
@@ -28,6 +31,7 @@ mod outcome;
 mod persistence;
 mod report;
 mod scenario;
+mod slo;
 mod tokens;
 
 use std::future::Future;
@@ -50,7 +54,9 @@ struct Cli {
 enum Command {
     /// A timed drop: create a campaign, wait for its start, then a burst of
     /// users (a share double-tapping, a share retrying) until sell-out and
-    /// beyond; check the invariants. Exit 1 if one broke.
+    /// beyond; check the invariants. Exit 1 if one broke, 3 if a --slo
+    /// threshold failed (2: usage or setup error). --campaign ID uses a
+    /// staged campaign instead of creating one.
     Drop(scenario::DropArgs),
     /// A fixed arrival rate (open loop) for a duration, one new user per
     /// arrival; check the invariants. Exit 1 if one broke.
@@ -71,6 +77,7 @@ fn on_runtime(threads: usize, f: impl Future<Output = anyhow::Result<Verdict>>) 
     match result {
         Ok(Verdict::Held) => ExitCode::SUCCESS,
         Ok(Verdict::Broken) => ExitCode::from(1),
+        Ok(Verdict::SloFailed) => ExitCode::from(3),
         Err(e) => {
             eprintln!("flashgrab-loadtest: {e:#}");
             ExitCode::from(2)

@@ -14,10 +14,11 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::api::Stats;
-use crate::engine::Second;
+use crate::engine::{RunResult, Second};
 use crate::invariants::Check;
 use crate::outcome::{Op, Outcome};
 use crate::persistence::StatsSample;
+use crate::slo;
 
 const MAX_MICROS: u64 = 60_000_000;
 
@@ -25,7 +26,7 @@ const MAX_MICROS: u64 = 60_000_000;
 pub const PLOT_QUANTILES: [f64; 12] = [0.0, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 0.9995, 0.9999, 1.0];
 
 /// One histogram per operation and outcome, created on first use.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct Hists {
     by: [[Option<Histogram<u64>>; Outcome::COUNT]; Op::COUNT],
 }
@@ -136,6 +137,152 @@ pub struct Report {
     pub stats: Option<Stats>,
     pub invariants: Vec<Check>,
     pub held: bool,
+    /// With several `--url`s: the claims each target answered.
+    pub targets: Vec<TargetSummary>,
+    /// The `--slo` terms, judged (empty without `--slo`).
+    pub slo: Vec<slo::Verdict>,
+    /// What made the run measure something else than the claim path (most
+    /// answers 429 or 503), with the fix.
+    pub warnings: Vec<String>,
+}
+
+/// The claims one target answered (`--url` given several times).
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetSummary {
+    pub url: String,
+    pub claims: u64,
+    pub granted: u64,
+    pub rate_limited: u64,
+    pub unavailable: u64,
+    pub errors: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+/// One row per target from the per-target histograms of the run.
+pub fn target_summaries(urls: &[String], per_target: &[Hists]) -> Vec<TargetSummary> {
+    per_target
+        .iter()
+        .zip(urls)
+        .map(|(h, url)| {
+            let count = |o: Outcome| h.get(Op::Claim, o).map_or(0, |x| x.len());
+            let all = all_claims(h);
+            let q = |p: f64| all.as_ref().map_or(0.0, |a| ms(a.value_at_quantile(p)));
+            TargetSummary {
+                url: url.clone(),
+                claims: Outcome::ALL.iter().map(|o| count(*o)).sum(),
+                granted: count(Outcome::Granted),
+                rate_limited: count(Outcome::RateLimited),
+                unavailable: count(Outcome::Unavailable),
+                errors: Outcome::ALL.iter().filter(|o| o.error()).map(|o| count(*o)).sum(),
+                p50_ms: q(0.5),
+                p99_ms: q(0.99),
+                max_ms: q(1.0),
+            }
+        })
+        .collect()
+}
+
+/// All claim answers in one histogram.
+fn all_claims(hists: &Hists) -> Option<Histogram<u64>> {
+    let mut all: Option<Histogram<u64>> = None;
+    for o in Outcome::ALL {
+        if let Some(h) = hists.get(Op::Claim, o) {
+            match all.as_mut() {
+                Some(a) => a.add(h).expect("same bounds"),
+                None => all = Some(h.clone()),
+            }
+        }
+    }
+    all
+}
+
+/// Loud warnings when most claim answers were 429 or 503: such a run
+/// measured the front end's refusals, not the claim path (issue 16: 23,147
+/// of 28,588 answers were 429 from the per-address limit on loopback).
+pub fn warnings(outcomes: &[OutcomeSummary]) -> Vec<String> {
+    let claims: u64 = outcomes.iter().filter(|r| r.op == "claim").map(|r| r.count).sum();
+    let of = |key: &str| outcomes.iter().find(|r| r.op == "claim" && r.outcome == key).map_or(0, |r| r.count);
+    let mut out = Vec::new();
+    if claims == 0 {
+        return out;
+    }
+    let share = |n: u64| n as f64 / claims as f64;
+    let limited = of(Outcome::RateLimited.key());
+    if share(limited) > 0.5 {
+        out.push(format!(
+            "{limited} of {claims} claim answers ({:.0}%) were 429 rate_limited: this run measured the rate limits, \
+             not the claim path. A load test from one machine is one client address: start the service with \
+             FLASHGRAB_IP_RATE=0 (scripts/run does); past that, FLASHGRAB_CLAIM_RATE (per instance) or \
+             FLASHGRAB_USER_RATE (per user) is the limit that refused",
+            share(limited) * 100.0
+        ));
+    }
+    let unavailable = of(Outcome::Unavailable.key());
+    if share(unavailable) > 0.5 {
+        out.push(format!(
+            "{unavailable} of {claims} claim answers ({:.0}%) were 503 unavailable: the service shed the load \
+             (more than FLASHGRAB_MAX_IN_FLIGHT requests waiting, or the Redis breaker open: see its log and \
+             /metrics); lower --concurrency, or raise FLASHGRAB_MAX_IN_FLIGHT if the backends keep up",
+            share(unavailable) * 100.0
+        ));
+    }
+    out
+}
+
+/// What `--slo` judges: the run's histograms and counts and its report.
+pub struct Measured<'a> {
+    pub result: &'a RunResult,
+    pub report: &'a Report,
+    all: Option<Histogram<u64>>,
+}
+
+impl<'a> Measured<'a> {
+    pub fn new(result: &'a RunResult, report: &'a Report) -> Self {
+        Self { result, report, all: all_claims(&result.hists) }
+    }
+}
+
+impl slo::Source for Measured<'_> {
+    fn latency_ms(&self, outcome: Option<Outcome>, quantile: f64) -> Option<f64> {
+        let h = match outcome {
+            Some(o) => self.result.hists.get(Op::Claim, o),
+            None => self.all.as_ref(),
+        };
+        h.filter(|h| !h.is_empty()).map(|h| ms(h.value_at_quantile(quantile)))
+    }
+
+    fn count(&self, outcome: Outcome) -> u64 {
+        self.result.count(Op::Claim, outcome)
+    }
+
+    fn named(&self, name: &str) -> Option<f64> {
+        let r = self.report;
+        let stats = r.stats.as_ref();
+        match name {
+            "errors" => {
+                let sent = self.result.sent();
+                let errors: u64 = Op::ALL
+                    .iter()
+                    .flat_map(|op| Outcome::ALL.iter().filter(|o| o.error()).map(|o| self.result.count(*op, *o)))
+                    .sum();
+                (sent > 0).then(|| errors as f64 / sent as f64)
+            }
+            "requests" => Some(r.requests as f64),
+            "arrivals" => Some(r.arrivals as f64),
+            "stock" => Some(r.stock as f64),
+            "claimed" => stats.map(|s| s.claimed as f64),
+            "persisted" => stats.map(|s| s.persisted as f64),
+            "remaining" => stats.map(|s| s.remaining as f64),
+            "throughput" => Some(r.throughput_per_s),
+            "grants_per_s" => Some(r.granted_per_s),
+            "persist_lag" => Some(r.persisted_after_s.unwrap_or(f64::INFINITY)),
+            "sold_out_at" => r.first_sold_out_s,
+            "last_grant_at" => r.last_grant_s,
+            _ => None,
+        }
+    }
 }
 
 /// Quantiles of every (operation, outcome) seen, plus all claims together.
@@ -212,9 +359,30 @@ pub fn print_summary(r: &Report) {
             s.redeemed
         );
     }
+    if !r.targets.is_empty() {
+        println!(
+            "{:<28} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            "target (claims)", "count", "201", "429", "503", "errors", "p50 ms", "p99 ms"
+        );
+        for t in &r.targets {
+            println!(
+                "{:<28} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9.2} {:>9.2}",
+                t.url, t.claims, t.granted, t.rate_limited, t.unavailable, t.errors, t.p50_ms, t.p99_ms
+            );
+        }
+    }
     println!("invariants:");
     for c in &r.invariants {
         println!("  {:<4} {:<30} {}", if c.ok { "ok" } else { "FAIL" }, c.name, c.detail);
+    }
+    if !r.slo.is_empty() {
+        println!("slo:");
+        for v in &r.slo {
+            println!("  {:<4} {:<30} {}", if v.ok { "ok" } else { "FAIL" }, v.threshold, v.detail);
+        }
+    }
+    for w in &r.warnings {
+        println!("\nWARNING: {w}");
     }
 }
 
@@ -250,6 +418,49 @@ mod tests {
         assert_eq!(all.count, 102);
         assert_eq!(all.percentiles.len(), PLOT_QUANTILES.len());
         assert!(all.percentiles.windows(2).all(|w| w[0][1] <= w[1][1]));
+    }
+
+    fn row(outcome: Outcome, count: u64) -> OutcomeSummary {
+        let mut h = Hists::default();
+        h.record(Op::Claim, outcome, 1000);
+        let mut r = summarise(&h).0.remove(0);
+        r.count = count;
+        r
+    }
+
+    #[test]
+    fn warns_when_most_answers_are_refusals() {
+        assert!(warnings(&[]).is_empty());
+        let fine = [row(Outcome::Granted, 500), row(Outcome::RateLimited, 400), row(Outcome::Unavailable, 100)];
+        assert!(warnings(&fine).is_empty());
+        // Issue 16's run: 23,147 of 28,588 answers 429.
+        let limited = [row(Outcome::Granted, 5441), row(Outcome::RateLimited, 23_147)];
+        let w = warnings(&limited);
+        assert_eq!(w.len(), 1);
+        assert!(
+            w[0].starts_with("23147 of 28588 claim answers (81%) were 429") && w[0].contains("FLASHGRAB_IP_RATE=0"),
+            "{}",
+            w[0]
+        );
+        let shed = [row(Outcome::Unavailable, 10), row(Outcome::SoldOut, 1)];
+        assert!(warnings(&shed)[0].contains("503") && warnings(&shed)[0].contains("FLASHGRAB_MAX_IN_FLIGHT"));
+    }
+
+    #[test]
+    fn splits_claims_per_target() {
+        let (mut a, mut b) = (Hists::default(), Hists::default());
+        a.record(Op::Claim, Outcome::Granted, 2000);
+        a.record(Op::Claim, Outcome::RateLimited, 1000);
+        b.record(Op::Claim, Outcome::Timeout, 5_000_000);
+        b.record(Op::Redeem, Outcome::Redeemed, 1000);
+        let urls = ["http://a".to_owned(), "http://b".to_owned()];
+        let t = target_summaries(&urls, &[a, b]);
+        assert_eq!(
+            (t[0].url.as_str(), t[0].claims, t[0].granted, t[0].rate_limited, t[0].errors),
+            ("http://a", 2, 1, 1, 0)
+        );
+        assert_eq!((t[1].claims, t[1].errors), (1, 1), "redemptions are not in the split");
+        assert!((t[1].max_ms - 5000.0).abs() < 5.0, "{}", t[1].max_ms);
     }
 
     #[test]

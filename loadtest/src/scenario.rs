@@ -33,7 +33,7 @@ use crate::invariants::{self, Expect, Holding};
 use crate::outcome::{Op, Outcome};
 use crate::persistence::{self, PollTarget};
 use crate::report::{self, Report};
-use crate::{db, html, tokens};
+use crate::{db, html, slo, tokens};
 
 /// Options every scenario has: where, as whom, how many connections, what
 /// to check and where the reports go.
@@ -100,6 +100,16 @@ pub struct Common {
     /// Allow non-loopback targets.
     #[arg(long)]
     pub allow_remote: bool,
+    /// Launch gate: thresholds the run must meet, e.g.
+    /// 'p99<50ms,errors<0.1%,granted==stock'. Latency: pNN, max,
+    /// OUTCOME.pNN (granted.p99, sold_out.p50); share: errors; counts: an
+    /// outcome key (granted, rate_limited, ...), requests, arrivals, stock,
+    /// claimed, persisted, remaining; per second: throughput, grants_per_s;
+    /// seconds: persist_lag, sold_out_at, last_grant_at. Operators < <= > >=
+    /// == !=; units us ms s % /s. Exit 3 when a threshold failed (and every
+    /// invariant held).
+    #[arg(long, value_name = "THRESHOLDS")]
+    pub slo: Option<String>,
 }
 
 #[derive(Args)]
@@ -121,6 +131,13 @@ pub struct DropArgs {
     /// No new arrival after this many seconds.
     #[arg(long, value_name = "SECS", default_value_t = 60.0)]
     duration: f64,
+    /// Open loop by an arrival profile instead of --rate: stages separated
+    /// by commas, 'burst:N@T' (N arrivals spread over T), 'ramp:A-B@T'
+    /// (A to B per second), 'rate:R@T'; k and M suffixes, T in s or ms.
+    /// E.g. 'burst:1M@2s' (the real drop) or 'ramp:0-20k@5s,rate:20k@10s'.
+    /// Sets the arrivals (at most --requests) and the duration.
+    #[arg(long, value_name = "PROFILE", conflicts_with = "rate")]
+    arrivals: Option<String>,
     /// Share of users whose first tap sends two claims at once.
     #[arg(long, value_name = "SHARE", default_value_t = 0.05)]
     double_tap: f64,
@@ -134,6 +151,12 @@ pub struct DropArgs {
     /// begins at the start.
     #[arg(long, value_name = "SECS", default_value_t = 2.0)]
     start_in: f64,
+    /// Run against this existing campaign (staged beforehand, nothing
+    /// claimed yet, per_user_limit 1) instead of creating one: its stock and
+    /// start are read from GET /v1/campaigns/ID (--stock and --start-in are
+    /// ignored); the burst begins at its start.
+    #[arg(long, value_name = "ID")]
+    campaign: Option<String>,
     #[command(flatten)]
     pub common: Common,
 }
@@ -190,10 +213,13 @@ pub struct RedeemArgs {
     pub common: Common,
 }
 
-/// Whether every invariant held.
+/// Whether every invariant held, and the launch gate passed.
 pub enum Verdict {
     Held,
+    /// An invariant broke (exit 1).
     Broken,
+    /// Every invariant held but a `--slo` threshold failed (exit 3).
+    SloFailed,
 }
 
 /// What a scenario asks of the shared steps.
@@ -203,9 +229,12 @@ struct Setup {
     stock: u64,
     arrivals: u64,
     rate: Option<f64>,
+    profile: Option<std::sync::Arc<crate::arrivals::Profile>>,
     duration: f64,
     start_in: f64,
     behaviour: Behaviour,
+    /// An existing campaign to use instead of creating one.
+    campaign: Option<String>,
 }
 
 fn share(name: &str, v: f64) -> anyhow::Result<()> {
@@ -226,14 +255,24 @@ fn per_arrival(rate: f64, duration: f64) -> anyhow::Result<u32> {
 pub async fn drop(a: DropArgs) -> anyhow::Result<Verdict> {
     share("--double-tap", a.double_tap)?;
     share("--retry-share", a.retry_share)?;
+    let profile = a.arrivals.as_deref().map(crate::arrivals::Profile::parse).transpose()?;
+    let (arrivals, rate, duration) = match &profile {
+        None => (a.requests.unwrap_or(u64::from(a.users)), a.rate, a.duration),
+        Some(p) => {
+            let total = p.total() as u64;
+            (a.requests.map_or(total, |r| r.min(total)), Some(p.total() / p.secs()), p.secs())
+        }
+    };
     let setup = Setup {
         scenario: "drop",
         users: a.users,
         stock: a.stock,
-        arrivals: a.requests.unwrap_or(u64::from(a.users)),
-        rate: a.rate,
-        duration: a.duration,
+        arrivals,
+        rate,
+        profile: profile.map(std::sync::Arc::new),
+        duration,
         start_in: a.start_in,
+        campaign: a.campaign,
         behaviour: Behaviour {
             double_tap: a.double_tap,
             retry_share: a.retry_share,
@@ -253,9 +292,11 @@ pub async fn steady(a: SteadyArgs) -> anyhow::Result<Verdict> {
         stock: a.stock.unwrap_or(u64::from(users)),
         arrivals: a.requests.unwrap_or(u64::from(per)),
         rate: Some(a.rate),
+        profile: None,
         duration: a.duration,
         start_in: 0.0,
         behaviour: Behaviour::default(),
+        campaign: None,
     };
     run(&a.common, setup).await
 }
@@ -278,8 +319,10 @@ pub async fn redeem(a: RedeemArgs) -> anyhow::Result<Verdict> {
         stock: a.stock.unwrap_or(u64::from(users)),
         arrivals: u64::from(users),
         rate,
+        profile: None,
         duration: a.duration,
         start_in: 0.0,
+        campaign: None,
         behaviour: Behaviour {
             double_tap: 0.0,
             retry_share: a.retry_share,
@@ -294,7 +337,9 @@ pub async fn redeem(a: RedeemArgs) -> anyhow::Result<Verdict> {
     run(&a.common, setup).await
 }
 
-async fn run(c: &Common, s: Setup) -> anyhow::Result<Verdict> {
+async fn run(c: &Common, mut s: Setup) -> anyhow::Result<Verdict> {
+    // Before any load: a typo in the gate is a usage error.
+    let gate = c.slo.as_deref().map(slo::parse).transpose()?;
     if s.users == 0 || s.stock == 0 || c.concurrency == 0 || s.arrivals == 0 {
         bail!("users, stock, requests and --concurrency must be at least 1");
     }
@@ -323,7 +368,14 @@ async fn run(c: &Common, s: Setup) -> anyhow::Result<Verdict> {
         starts_in: chrono::Duration::milliseconds((s.start_in * 1000.0) as i64),
         open_for: chrono::Duration::seconds((s.duration + grace.as_secs_f64()).ceil() as i64 + 600),
     };
-    let created = api::create_campaign(&http, &bases[0], &c.admin_token, &spec).await?;
+    let created = match &s.campaign {
+        None => api::create_campaign(&http, &bases[0], &c.admin_token, &spec).await?,
+        Some(id) => {
+            let staged = staged_campaign(&http, &bases[0], &c.admin_token, id).await?;
+            s.stock = staged.total_stock;
+            api::Created { id: staged.id, starts_at: staged.starts_at }
+        }
+    };
     let campaign = created.id;
     eprintln!(
         "{} {campaign}: stock {}, {} users, {} arrivals at most, {} workers on {}",
@@ -377,6 +429,7 @@ async fn run(c: &Common, s: Setup) -> anyhow::Result<Verdict> {
         arrivals: s.arrivals,
         concurrency: c.concurrency,
         rate: s.rate,
+        profile: s.profile.clone(),
         duration: Duration::from_secs_f64(s.duration),
         grace,
     };
@@ -431,6 +484,7 @@ async fn run(c: &Common, s: Setup) -> anyhow::Result<Verdict> {
 
     let held = checks.iter().all(|c| c.ok);
     let (outcomes, all) = report::summarise(&result.hists);
+    let report_urls = bases.clone();
     let secs = result.elapsed.as_secs_f64();
     let granted = result.count(Op::Claim, Outcome::Granted);
     let report = Report {
@@ -463,7 +517,15 @@ async fn run(c: &Common, s: Setup) -> anyhow::Result<Verdict> {
         stats: stats.ok(),
         invariants: checks,
         held,
+        targets: report::target_summaries(&report_urls, &result.per_target),
+        slo: Vec::new(),
+        warnings: Vec::new(),
     };
+    let mut report = report;
+    report.warnings = report::warnings(&report.outcomes);
+    if let Some(gate) = &gate {
+        report.slo = slo::evaluate(gate, &report::Measured::new(&result, &report));
+    }
     report::print_summary(&report);
     if !c.no_report {
         let name = format!("{}-{campaign}", s.scenario);
@@ -479,14 +541,48 @@ async fn run(c: &Common, s: Setup) -> anyhow::Result<Verdict> {
             .with_context(|| format!("writing {}", html_path.display()))?;
         eprintln!("reports: {} {}", json.display(), html_path.display());
     }
-    if held {
-        Ok(Verdict::Held)
-    } else {
+    for w in &report.warnings {
+        eprintln!("WARNING: {w}");
+    }
+    if !held {
         for c in report.invariants.iter().filter(|c| !c.ok) {
             eprintln!("INVARIANT BROKEN: {}: {}", c.name, c.detail);
         }
-        Ok(Verdict::Broken)
+        return Ok(Verdict::Broken);
     }
+    let failed: Vec<_> = report.slo.iter().filter(|v| !v.ok).collect();
+    if failed.is_empty() {
+        return Ok(Verdict::Held);
+    }
+    for v in failed {
+        eprintln!("SLO FAILED: {}: {}", v.threshold, v.detail);
+    }
+    Ok(Verdict::SloFailed)
+}
+
+/// The terms of a staged campaign, refused when the run's invariants could
+/// not hold on it: claims already made (they would count as this run's),
+/// a per-user limit above 1 (the checks assume one coupon per user), or
+/// over already.
+async fn staged_campaign(http: &Http, base: &str, admin_token: &str, id: &str) -> anyhow::Result<api::Staged> {
+    let staged = api::get_campaign(http, base, admin_token, id).await?;
+    let stats = api::fetch_stats(http, base, admin_token, id).await?;
+    if stats.claimed > 0 {
+        bail!(
+            "--campaign {id} already has {} claims; stage a fresh one (the invariants count every claim as this run's)",
+            stats.claimed
+        );
+    }
+    if staged.per_user_limit != 1 {
+        bail!(
+            "--campaign {id} has per_user_limit {}; the harness checks campaigns of one coupon per user",
+            staged.per_user_limit
+        );
+    }
+    if staged.ends_at <= chrono::Utc::now() || matches!(staged.status.as_str(), "ended" | "sold_out") {
+        bail!("--campaign {id} is over (status {}, ends_at {})", staged.status, staged.ends_at);
+    }
+    Ok(staged)
 }
 
 /// Up to `n` users to list through the API: those whose fate is the most

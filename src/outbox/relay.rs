@@ -281,7 +281,6 @@ impl Relay {
         let t = self.amqp_timeout;
         let (conn, ch) = open_confirmed_channel(&self.amqp_url, &self.topology, t).await?;
         let mut events = EventsChannel::open(&conn, t).await;
-        let redis = self.stock.connection();
         tracing::info!(consumer = %self.consumer, "outbox relay connected");
 
         // Each bucket has its own polling interval: a bucket that had entries
@@ -308,7 +307,13 @@ impl Relay {
                         st.last_reclaim = now;
                     }
                     st.reading = true;
-                    reads.push(Box::pin(self.read_one(redis.clone(), i as u16, st.needs_group, reclaim)));
+                    // The store's current connection, not one kept for the
+                    // session: the store rebuilds its connection when trouble
+                    // lasts (`stock::reconnect`), and a session holding the old
+                    // one timed out on every read after connections were
+                    // killed (found by the connection-reset fault tests).
+                    let redis = self.stock.connection();
+                    reads.push(Box::pin(self.read_one(redis, i as u16, st.needs_group, reclaim)));
                 }
             }
             let next_due = b.iter().filter(|st| !st.reading).map(|st| st.due).min();
@@ -363,7 +368,7 @@ impl Relay {
                 let now_ms = chrono::Utc::now().timestamp_millis().max(0) as u64;
                 let oldest = work.iter().flat_map(|(_, es)| es.iter().map(|e| id_ms(&e.id))).min().unwrap_or(now_ms);
                 PipelineMetrics::set(&self.metrics.outbox_age_ms, now_ms.saturating_sub(oldest));
-                let ack_failed = self.publish_and_ack(&ch, &mut events, &conn, &redis, &work).await?;
+                let ack_failed = self.publish_and_ack(&ch, &mut events, &conn, &work).await?;
                 backoff.reset();
                 for (bucket, e) in ack_failed {
                     b[usize::from(bucket)].fail(&e, Instant::now());
@@ -627,7 +632,6 @@ impl Relay {
         ch: &Channel,
         events: &mut EventsChannel,
         conn: &lapin::Connection,
-        redis: &ClusterConnection,
         work: &[(u16, Vec<Entry>)],
     ) -> Result<Vec<(u16, RelayError)>, RelayError> {
         // Well-formed records travel together; a malformed one alone, so the
@@ -654,7 +658,7 @@ impl Relay {
         PipelineMetrics::add(&self.metrics.relayed, good.len() as u64);
 
         let acks = work.iter().map(|(bucket, entries)| {
-            let mut conn = redis.clone();
+            let mut conn = self.stock.connection();
             async move {
                 let mut inv = self.ack.key(self.stock.keys().outbox(*bucket));
                 inv.arg(&self.group);

@@ -30,6 +30,7 @@
 
 pub mod batch;
 pub mod broadcast;
+pub mod holdings;
 pub mod keys;
 pub mod placement;
 pub mod rebalance;

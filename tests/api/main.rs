@@ -6,6 +6,7 @@ mod helpers;
 mod campaigns;
 mod claims;
 mod concurrency;
+mod holdings;
 mod ops;
 mod persistence;
 mod recovery;

@@ -31,6 +31,7 @@
 pub mod batch;
 pub mod broadcast;
 mod guard;
+pub mod holdings;
 pub mod keys;
 pub mod placement;
 pub mod rebalance;

@@ -8,6 +8,7 @@ mod private_cluster;
 mod campaigns;
 mod claims;
 mod concurrency;
+mod holdings;
 mod ops;
 mod persistence;
 mod recovery;

@@ -75,6 +75,10 @@ pub struct Settings {
     pub amqp_timeout: Duration,
     /// Rate limits, load shedding and the Redis breaker of the front end.
     pub protect: ProtectSettings,
+    /// Archive a campaign's Redis data this long after it ended or was
+    /// closed (`FLASHGRAB_ARCHIVE_AFTER_SECS`, default 24 h; `None` = 0 =
+    /// never automatically). See `service::archive`.
+    pub archive_after: Option<Duration>,
 }
 
 /// A token bucket: `per_sec` replenished every second, at most `burst` at
@@ -188,6 +192,7 @@ struct FileSettings {
     max_in_flight: Option<u64>,
     breaker_failures: Option<u64>,
     breaker_open_ms: Option<u64>,
+    archive_after_secs: Option<u64>,
 }
 
 /// Random hex string of `bytes` random bytes.
@@ -385,6 +390,10 @@ impl Settings {
             }
             _ => return Err(err("FLASHGRAB_DURABILITY", "must be fast or replicated")),
         };
+        let archive_after_secs = num("ARCHIVE_AFTER_SECS", file.archive_after_secs, 86_400)?;
+        if archive_after_secs > 365 * 86_400 {
+            return Err(err("FLASHGRAB_ARCHIVE_AFTER_SECS", "must be between 0 (off) and 31536000 (a year)"));
+        }
         let log_format = match pick("LOG_FORMAT", file.log_format, Some("text")).as_deref() {
             Some("json") => LogFormat::Json,
             Some("text") => LogFormat::Text,
@@ -413,6 +422,7 @@ impl Settings {
             run_persist: true,
             amqp_timeout: Duration::from_millis(amqp_timeout_ms),
             protect,
+            archive_after: (archive_after_secs > 0).then(|| Duration::from_secs(archive_after_secs)),
         })
     }
 }

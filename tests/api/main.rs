@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod archive;
 mod campaigns;
 mod claims;
 mod concurrency;

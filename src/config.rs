@@ -454,6 +454,18 @@ mod tests {
     }
 
     #[test]
+    fn archive_after_defaults_to_a_day_and_zero_turns_it_off() {
+        let s = Settings::load(None, env(&SECRETS), false).unwrap();
+        assert_eq!(s.archive_after, Some(Duration::from_secs(86_400)));
+        let mut pairs = SECRETS.to_vec();
+        pairs.push(("FLASHGRAB_ARCHIVE_AFTER_SECS", "0"));
+        assert_eq!(Settings::load(None, env(&pairs), false).unwrap().archive_after, None);
+        pairs.pop();
+        pairs.push(("FLASHGRAB_ARCHIVE_AFTER_SECS", "99999999"));
+        assert_eq!(Settings::load(None, env(&pairs), false).unwrap_err().setting, "FLASHGRAB_ARCHIVE_AFTER_SECS");
+    }
+
+    #[test]
     fn env_beats_file_beats_defaults() {
         let dir = std::env::temp_dir().join(format!("fg-config-{}", ulid::Ulid::new()));
         std::fs::write(&dir, "listen = \"127.0.0.1:9000\"\nkey_prefix = \"fromfile\"\n").unwrap();

@@ -73,10 +73,12 @@ enum Command {
         #[arg(long)]
         repair: bool,
     },
-    /// Archive one ended campaign: delete its per-shard Redis data (stock,
-    /// holders, claim records, idempotency keys, transfer journals) once
-    /// MySQL holds every grant, so Redis memory does not grow with every drop
-    /// ever run. Checks first, and archives only if all hold: the campaign
+    /// Archive one ended campaign: delete its per-shard Redis data once MySQL
+    /// holds every grant.
+    ///
+    /// The data is the shards' stock, holders, claim records, idempotency
+    /// keys and transfer journals: without archiving Redis memory grows with
+    /// every drop ever run. Checks first, and archives only if all hold: the campaign
     /// ended (or was closed) at least --after-secs ago, no stock transfer is
     /// journaled (interrupted ones are landed first), every grant has its
     /// row, and reconcile matches. Afterwards the campaign reads from MySQL:

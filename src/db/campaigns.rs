@@ -113,17 +113,19 @@ impl Db {
     /// Campaigns over by `before` (ended or closed then) and not archived,
     /// plus those archived since `rearchive_since` (a pass that died between
     /// the mark and the key deletion left keys behind: deleting again is a
-    /// no-op otherwise). Oldest first, at most `limit`.
+    /// no-op otherwise). By id after `after`, at most `limit`.
     pub async fn archive_candidates(
         &self,
         before: DateTime<Utc>,
         rearchive_since: DateTime<Utc>,
+        after: Option<&CampaignId>,
         limit: u32,
     ) -> Result<Vec<CampaignId>> {
         let q = sqlx::query(
-            "SELECT id FROM campaigns WHERE (archived_at IS NULL AND LEAST(ends_at, COALESCE(closed_at, ends_at)) <= ?) \
-             OR archived_at >= ? ORDER BY id LIMIT ?",
+            "SELECT id FROM campaigns WHERE id > ? AND ((archived_at IS NULL \
+             AND LEAST(ends_at, COALESCE(closed_at, ends_at)) <= ?) OR archived_at >= ?) ORDER BY id LIMIT ?",
         )
+        .bind(after.map_or("", CampaignId::as_str))
         .bind(before.naive_utc())
         .bind(rearchive_since.naive_utc())
         .bind(limit);

@@ -75,8 +75,7 @@ impl ReconcileReport {
         let missing_left = self.missing.len() as u64 > self.repaired;
         let forgotten_left = self.forgotten.len() as u64 > self.restored;
         let archived_differs = self.archived.is_some_and(|a| a.claimed != self.rows as u64);
-        !archived_differs
-            && !missing_left && !forgotten_left && self.extra.is_empty() && self.mismatched.is_empty()
+        !archived_differs && !missing_left && !forgotten_left && self.extra.is_empty() && self.mismatched.is_empty()
     }
 
     /// The stock adds up: remaining + claimed == total_stock.

@@ -44,8 +44,10 @@ use crate::stock::StockStore;
 
 /// Period of the automatic pass.
 pub const PASS_EVERY: Duration = Duration::from_secs(300);
-/// Campaigns handled by one pass at most (the rest wait for the next).
-const PASS_MAX: u32 = 50;
+/// Candidates read per query, and queries per pass at most: a pass looks
+/// at up to 1000 campaigns (the rest wait for the next pass).
+const PASS_PAGE: u32 = 100;
+const PASS_PAGES: usize = 10;
 /// Campaigns archived this recently are revisited by every pass (their
 /// keys deleted again: a no-op unless a pass died between mark and delete).
 const REVISIT: Duration = Duration::from_secs(3600);
@@ -83,10 +85,16 @@ impl fmt::Display for Blocker {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ArchiveOutcome {
     /// Marked archived now and its Redis keys deleted.
-    Archived { claimed: u64, keys_deleted: u64 },
+    Archived {
+        claimed: u64,
+        keys_deleted: u64,
+    },
     /// It was archived before (by another pass or instance); its keys were
     /// deleted again (`keys_deleted` is what was still there).
-    AlreadyArchived { claimed: u64, keys_deleted: u64 },
+    AlreadyArchived {
+        claimed: u64,
+        keys_deleted: u64,
+    },
     NotArchivable(Blocker),
 }
 
@@ -118,7 +126,12 @@ impl ArchiveService {
 
     /// Archives one campaign if it is archivable at `now` with `grace`.
     /// `None`: no such campaign. Idempotent.
-    pub async fn archive(&self, id: &CampaignId, now: DateTime<Utc>, grace: Duration) -> Result<Option<ArchiveOutcome>> {
+    pub async fn archive(
+        &self,
+        id: &CampaignId,
+        now: DateTime<Utc>,
+        grace: Duration,
+    ) -> Result<Option<ArchiveOutcome>> {
         let Some(c) = self.db.get_campaign(id).await? else {
             return Ok(None);
         };
@@ -159,14 +172,27 @@ impl ArchiveService {
     }
 
     /// One automatic pass: every campaign over for `grace` and not archived
-    /// (at most [`PASS_MAX`]), and the recently archived ones again.
+    /// (at most `PASS_PAGE` x `PASS_PAGES`), and the recently archived ones again.
     /// Returns the outcomes; a campaign's failure is logged and the pass
     /// goes on.
     pub async fn pass(&self, now: DateTime<Utc>, grace: Duration) -> Result<Vec<(CampaignId, ArchiveOutcome)>> {
         let before = now - chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
         let since = now - chrono::Duration::from_std(REVISIT).expect("an hour fits");
         let mut out = Vec::new();
-        for id in self.db.archive_candidates(before, since, PASS_MAX).await? {
+        // Paged by id, so campaigns that stay blocked (a dead-lettered
+        // claim, a mismatch for a human) never starve the others.
+        let mut ids = Vec::new();
+        let mut after: Option<CampaignId> = None;
+        for _ in 0..PASS_PAGES {
+            let page = self.db.archive_candidates(before, since, after.as_ref(), PASS_PAGE).await?;
+            let full = page.len() == PASS_PAGE as usize;
+            after = page.last().cloned();
+            ids.extend(page);
+            if !full {
+                break;
+            }
+        }
+        for id in ids {
             match self.archive(&id, now, grace).await {
                 Ok(Some(o)) => {
                     if let ArchiveOutcome::NotArchivable(b) = &o {

@@ -226,7 +226,9 @@ impl ClaimService {
                 ClaimResult::SoldOut
             }
             ClaimOutcome::Contended => ClaimResult::Busy,
-            ClaimOutcome::Missing => Box::pin(self.answer_without_shards(&campaign, user, idempotency_key, now)).await?,
+            ClaimOutcome::Missing => {
+                Box::pin(self.answer_without_shards(&campaign, user, idempotency_key, now)).await?
+            }
         })
     }
 
@@ -248,7 +250,9 @@ impl ClaimService {
         }
         let Some(key) = idempotency_key else { return Ok(ClaimResult::Ended) };
         Ok(match self.db.coupon_by_key(campaign.id.as_str(), user.as_str(), key).await? {
-            Some(row) => ClaimResult::Replayed(CouponView::new(&row.to_record(), campaign, row.redemption.clone(), now)),
+            Some(row) => {
+                ClaimResult::Replayed(CouponView::new(&row.to_record(), campaign, row.redemption.clone(), now))
+            }
             None => ClaimResult::Ended,
         })
     }

@@ -42,6 +42,23 @@ impl TestApp {
     }
 }
 
+/// `flashgrab archive` against this test's prefix and database: exit code
+/// and output.
+fn archive_cli(app: &TestApp, args: &[&str]) -> (Option<i32>, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flashgrab"))
+        .arg("archive")
+        .args(args)
+        .env("FLASHGRAB_REDIS_NODES", redis_nodes())
+        .env("FLASHGRAB_MYSQL_URL", app.mysql_url())
+        .env("FLASHGRAB_KEY_PREFIX", &app.prefix)
+        .env("FLASHGRAB_ADMIN_TOKEN", ADMIN)
+        .env("FLASHGRAB_USER_JWT_SECRET", SECRET)
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.code(), text)
+}
+
 /// Sleeps until `ends_at` has passed (by this clock, plus a margin for
 /// Redis's).
 async fn until_over(ends_at: &str) {
@@ -75,18 +92,22 @@ async fn an_ended_persisted_campaign_is_archived_and_still_served_from_mysql() {
     until_over(&ends_at).await;
     // A grace period not yet over: not archived by the automatic pass.
     assert!(app.archiver().pass(chrono::Utc::now(), Duration::from_secs(3600)).await.unwrap().is_empty());
-    assert_eq!(app.shard_keys_left(&id).await > 0, true);
+    assert!(app.shard_keys_left(&id).await > 0);
 
     // The automatic pass with a grace that has passed archives it.
     let done = app.archiver().pass(chrono::Utc::now(), Duration::ZERO).await.unwrap();
     assert_eq!(done.len(), 1, "{done:?}");
     assert!(matches!(done[0].1, ArchiveOutcome::Archived { claimed: 4, .. }), "{}", done[0].1);
     assert_eq!(app.shard_keys_left(&id).await, 0, "every per-shard key is deleted");
-    assert!(app.outbox_len().await == 0, "the outbox streams are the relay's, untouched and empty");
+    assert_eq!(app.outbox_len().await, 0, "the outbox streams are the relay's, untouched and empty");
 
     // Stats from MySQL.
     let st = app.stats(&id).await;
-    assert_eq!((st["claimed"].as_u64(), st["remaining"].as_u64(), st["persisted"].as_u64()), (Some(4), Some(6), Some(4)), "{st}");
+    assert_eq!(
+        (st["claimed"].as_u64(), st["remaining"].as_u64(), st["persisted"].as_u64()),
+        (Some(4), Some(6), Some(4)),
+        "{st}"
+    );
     assert_eq!(st["status"], "ended", "{st}");
 
     // Listed, found and redeemable.
@@ -150,6 +171,10 @@ async fn an_ended_persisted_campaign_is_archived_and_still_served_from_mysql() {
     // Idempotent: again, it is already archived.
     let again = app.archiver().archive(&cid, chrono::Utc::now(), Duration::ZERO).await.unwrap().unwrap();
     assert_eq!(again, ArchiveOutcome::AlreadyArchived { claimed: 4, keys_deleted: 0 });
+    let (code, text) = archive_cli(&app, &["--campaign", &id]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("already archived (4 grants)"), "{text}");
+    assert_eq!(app.shard_keys_left(&id).await, 0);
     app.cleanup().await;
 }
 
@@ -166,11 +191,26 @@ async fn a_campaign_with_grants_not_persisted_is_not_archived() {
     until_over(&ends_at).await;
     let o = app.archiver().archive(&cid, chrono::Utc::now(), Duration::ZERO).await.unwrap().unwrap();
     assert!(
-        matches!(o, ArchiveOutcome::NotArchivable(flashgrab::service::archive::Blocker::Unpersisted { granted: 1, rows: 0 })),
+        matches!(
+            o,
+            ArchiveOutcome::NotArchivable(flashgrab::service::archive::Blocker::Unpersisted { granted: 1, rows: 0 })
+        ),
         "{o}"
     );
     assert!(app.shard_keys_left(&id).await > 0);
     assert_eq!(app.stats(&id).await["claimed"], 1);
+    // The command says so with exit code 1; a bad id is 2, an unknown one 3.
+    let (code, text) = archive_cli(&app, &["--campaign", &id, "--after-secs", "0"]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("1 granted in redis, 0 rows in mysql"), "{text}");
+    let (code, text) = archive_cli(&app, &["--campaign", "nope"]);
+    assert_eq!(code, Some(2), "{text}");
+    let (code, text) = archive_cli(&app, &["--campaign", "01JD0000000000000000000009"]);
+    assert_eq!(code, Some(3), "{text}");
+    // The default grace of the command (60 s) is not over yet.
+    let (code, text) = archive_cli(&app, &["--campaign", &id]);
+    assert_eq!((code, text.contains("not over long enough")), (Some(1), true), "{text}");
+    assert!(app.shard_keys_left(&id).await > 0);
     app.cleanup().await;
 }
 
@@ -193,14 +233,21 @@ async fn measure_redis_bytes_per_grant() {
         async move {
             let mut total = 0u64;
             for key in keys {
-                let n: Option<u64> =
-                    redis::cmd("MEMORY").arg("USAGE").arg(&key).arg("SAMPLES").arg(0).query_async(&mut conn).await.unwrap();
+                let n: Option<u64> = redis::cmd("MEMORY")
+                    .arg("USAGE")
+                    .arg(&key)
+                    .arg("SAMPLES")
+                    .arg(0)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
                 total += n.unwrap_or(0);
             }
             total
         }
     };
-    let shard_keys = || vec![k.hash.clone(), k.holders.clone(), k.coupons.clone(), k.idem.clone(), k.xout.clone(), k.xin.clone()];
+    let shard_keys =
+        || vec![k.hash.clone(), k.holders.clone(), k.coupons.clone(), k.idem.clone(), k.xout.clone(), k.xin.clone()];
     let before = usage(shard_keys()).await;
     let outbox_before = usage(vec![k.outbox.clone()]).await;
     let mut tasks = Vec::new();

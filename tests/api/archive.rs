@@ -281,3 +281,43 @@ async fn measure_redis_bytes_per_grant() {
     println!("  (not archivable while live: {:?})", done.map(|o| o.map(|o| o.to_string())));
     app.cleanup().await;
 }
+
+#[tokio::test]
+async fn serve_archives_by_itself_after_the_grace_period() {
+    // The first instance runs the pipeline, without the archiver.
+    let (prefix, db_name) = fresh_names();
+    let app = spawn_configured(1, &prefix, &db_name, |s| s.archive_after = None).await;
+    let mut body = campaign_body(4);
+    let ends_at = at(2);
+    body["ends_at"] = json!(ends_at);
+    let id = app.create_campaign(body).await["id"].as_str().unwrap().to_owned();
+    assert_eq!(app.claim(&id, "frank").await.0, StatusCode::CREATED);
+    app.wait_persisted(&id, 1, 20).await;
+    until_over(&ends_at).await;
+    assert!(app.shard_keys_left(&id).await > 0);
+    // Past the grace of one second (the first pass runs at start).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+
+    // An instance with a grace of one second archives it on its first pass.
+    let _archiver = spawn_configured(1, &prefix, &db_name, |s| {
+        s.run_relay = false;
+        s.run_persist = false;
+        s.archive_after = Some(Duration::from_secs(1));
+    })
+    .await;
+    let cid = CampaignId::parse(&id).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while app.state.db.archive_state(&cid).await.unwrap().is_none() {
+        assert!(std::time::Instant::now() < deadline, "serve never archived the campaign");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while app.shard_keys_left(&id).await > 0 {
+        assert!(std::time::Instant::now() < deadline, "the keys were never deleted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let st = app.stats(&id).await;
+    assert_eq!((st["claimed"].as_u64(), st["remaining"].as_u64()), (Some(1), Some(3)), "{st}");
+    assert!(app.reconcile(&id, false).await.matched());
+    app.cleanup().await;
+}

@@ -74,7 +74,11 @@ impl fmt::Display for Blocker {
             }
             Blocker::Journaled(n) => write!(f, "{n} stock transfers still journaled"),
             Blocker::Unpersisted { granted, rows } => {
-                write!(f, "not every grant is persisted: {granted} granted in redis, {rows} rows in mysql")
+                write!(
+                    f,
+                    "not every grant is persisted: {granted} granted in redis, {rows} rows in mysql (they must be \
+                     equal: let the pipeline drain, replay the dead letters, or see `flashgrab reconcile`)"
+                )
             }
             Blocker::Reconcile(report) => write!(f, "reconcile does not match:\n{report}"),
         }

@@ -75,6 +75,10 @@ pub struct Settings {
     pub amqp_timeout: Duration,
     /// Rate limits, load shedding and the Redis breaker of the front end.
     pub protect: ProtectSettings,
+    /// Archive a campaign's Redis data this long after it ended or was
+    /// closed (`FLASHGRAB_ARCHIVE_AFTER_SECS`, default 24 h; `None` = 0 =
+    /// never automatically). See `service::archive`.
+    pub archive_after: Option<Duration>,
 }
 
 /// A token bucket: `per_sec` replenished every second, at most `burst` at
@@ -188,6 +192,7 @@ struct FileSettings {
     max_in_flight: Option<u64>,
     breaker_failures: Option<u64>,
     breaker_open_ms: Option<u64>,
+    archive_after_secs: Option<u64>,
 }
 
 /// Random hex string of `bytes` random bytes.
@@ -418,6 +423,10 @@ impl Settings {
             }
             _ => return Err(err("FLASHGRAB_DURABILITY", "must be fast or replicated")),
         };
+        let archive_after_secs = num("ARCHIVE_AFTER_SECS", file.archive_after_secs, 86_400)?;
+        if archive_after_secs > 365 * 86_400 {
+            return Err(err("FLASHGRAB_ARCHIVE_AFTER_SECS", "must be between 0 (off) and 31536000 (a year)"));
+        }
         let log_format = match pick("LOG_FORMAT", file.log_format, Some("text")).as_deref() {
             Some("json") => LogFormat::Json,
             Some("text") => LogFormat::Text,
@@ -446,6 +455,7 @@ impl Settings {
             run_persist: true,
             amqp_timeout: Duration::from_millis(amqp_timeout_ms),
             protect,
+            archive_after: (archive_after_secs > 0).then(|| Duration::from_secs(archive_after_secs)),
         })
     }
 }
@@ -491,6 +501,18 @@ mod tests {
         assert!(s.generated_secrets);
         assert_eq!(s.listen.to_string(), DEFAULT_LISTEN);
         assert_eq!(s.redis_nodes.len(), 3);
+    }
+
+    #[test]
+    fn archive_after_defaults_to_a_day_and_zero_turns_it_off() {
+        let s = Settings::load(None, env(&SECRETS), false).unwrap();
+        assert_eq!(s.archive_after, Some(Duration::from_secs(86_400)));
+        let mut pairs = SECRETS.to_vec();
+        pairs.push(("FLASHGRAB_ARCHIVE_AFTER_SECS", "0"));
+        assert_eq!(Settings::load(None, env(&pairs), false).unwrap().archive_after, None);
+        pairs.pop();
+        pairs.push(("FLASHGRAB_ARCHIVE_AFTER_SECS", "99999999"));
+        assert_eq!(Settings::load(None, env(&pairs), false).unwrap_err().setting, "FLASHGRAB_ARCHIVE_AFTER_SECS");
     }
 
     #[test]

@@ -73,6 +73,33 @@ enum Command {
         #[arg(long)]
         repair: bool,
     },
+    /// Archive one ended campaign: delete its per-shard Redis data once MySQL
+    /// holds every grant.
+    ///
+    /// The data is the shards' stock, holders, claim records, idempotency
+    /// keys and transfer journals: without archiving Redis memory grows with
+    /// every drop ever run. Checks first, and archives only if all hold: the campaign
+    /// ended (or was closed) at least --after-secs ago, no stock transfer is
+    /// journaled (interrupted ones are landed first), every grant has its
+    /// row, and reconcile matches. Afterwards the campaign reads from MySQL:
+    /// stats, coupon lists, redeem and release work as before; claims answer
+    /// 410 `ended` (a keyed retry still gets its coupon from its row);
+    /// `reconcile` compares the rows with the count kept at archive time.
+    /// Safe to repeat and to run next to `serve`'s automatic pass
+    /// (FLASHGRAB_ARCHIVE_AFTER_SECS).
+    #[command(after_help = ARCHIVE_EXIT_CODES)]
+    Archive {
+        #[command(flatten)]
+        common: Common,
+        /// The campaign id.
+        #[arg(long)]
+        campaign: String,
+        /// Archive only if the campaign has been over (ended or closed) for at
+        /// least this many seconds: late keyed retries and the pipeline's tail
+        /// have had time.
+        #[arg(long, default_value_t = 60, value_name = "SECS")]
+        after_secs: u64,
+    },
     /// See and replay the dead-letter queue of the claims pipeline
     /// (`<prefix>.claims.dlq`): the claims the persist worker could not store,
     /// each with its reason. Needs only FLASHGRAB_AMQP_URL and
@@ -105,6 +132,11 @@ enum Command {
 const DLQ_EXIT_CODES: &str = "Exit codes: 0 done (list: the queue is empty), 1 list: the queue holds dead \
 letters, 2 usage or configuration error, 3 RabbitMQ unreachable or no such queue (replay: what was \
 sent back before the error stays sent back; running it again is safe).";
+
+const ARCHIVE_EXIT_CODES: &str = "Exit codes: 0 archived (or archived before: leftover keys deleted again), \
+1 not archivable yet (the reason is printed: not over long enough, transfers journaled, grants not persisted, \
+reconcile mismatch), 2 bad arguments or configuration, 3 a backend failed or no such campaign (running it again \
+is safe).";
 
 #[derive(Subcommand)]
 enum DlqAction {
@@ -263,6 +295,37 @@ async fn reconcile(settings: Settings, campaign: &str, repair: bool) -> ExitCode
     }
 }
 
+async fn archive(settings: Settings, campaign: &str, after_secs: u64) -> ExitCode {
+    use flashgrab::service::{ArchiveOutcome, ArchiveService, CampaignService};
+    let Some(id) = flashgrab::domain::CampaignId::parse(campaign) else {
+        eprintln!("flashgrab archive: {campaign:?} is not a campaign id (26-character ULID)");
+        return ExitCode::from(2);
+    };
+    let outcome = async {
+        let db = startup::migrate(&settings).await.map_err(|e| e.to_string())?;
+        let stock =
+            flashgrab::stock::StockStore::connect(&settings.redis_nodes, &settings.key_prefix, settings.redis_timeout)
+                .await
+                .map_err(|e| format!("redis cluster: {e}"))?;
+        let campaigns = CampaignService::new(db.clone(), stock.clone(), settings.campaign_cache_ttl);
+        ArchiveService::new(db, stock, campaigns)
+            .archive(&id, chrono::Utc::now(), std::time::Duration::from_secs(after_secs))
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("no campaign {id}"))
+    };
+    match outcome.await {
+        Ok(o) => {
+            println!("campaign {id}: {o}");
+            if matches!(o, ArchiveOutcome::NotArchivable(_)) { ExitCode::from(1) } else { ExitCode::SUCCESS }
+        }
+        Err(e) => {
+            eprintln!("flashgrab archive: {e}");
+            ExitCode::from(3)
+        }
+    }
+}
+
 /// `flashgrab dlq`: talks to RabbitMQ only, so the secrets of `serve` are
 /// not required.
 async fn dlq(common: &Common, action: DlqAction) -> ExitCode {
@@ -313,6 +376,10 @@ async fn main() -> ExitCode {
         },
         Command::Reconcile { common, campaign, repair } => match load(&common, Needs::NONE) {
             Ok(s) => reconcile(s, &campaign, repair).await,
+            Err(code) => code,
+        },
+        Command::Archive { common, campaign, after_secs } => match load(&common, Needs::NONE) {
+            Ok(s) => archive(s, &campaign, after_secs).await,
             Err(code) => code,
         },
         Command::Dlq { common, action } => dlq(&common, action).await,

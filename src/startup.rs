@@ -19,7 +19,7 @@ use crate::outbox::events::EventPublisher;
 use crate::outbox::relay::Relay;
 use crate::persist::worker::PersistWorker;
 use crate::protect::Protection;
-use crate::service::{CampaignService, ClaimService, CouponService, ReportService};
+use crate::service::{ArchiveService, CampaignService, ClaimService, CouponService, ReportService};
 use crate::stock::StockStore;
 use crate::stock::broadcast::{Notice, Subscriber};
 
@@ -51,6 +51,8 @@ pub struct Application {
     /// Bound of the graceful shutdown, from the signal to the end of the
     /// flush (`FLASHGRAB_SHUTDOWN_TIMEOUT_MS`).
     shutdown_timeout: std::time::Duration,
+    /// Grace period of the automatic archive pass (`None`: off).
+    archive_after: Option<std::time::Duration>,
 }
 
 /// Connects to MySQL and applies the migrations (`flashgrab migrate`, and
@@ -127,7 +129,16 @@ impl Application {
         let listener = TcpListener::bind(settings.listen)
             .await
             .map_err(|source| StartupError::Bind { addr: settings.listen, source })?;
-        Ok(Self { listener, state, relay, worker, events, notices, shutdown_timeout: settings.shutdown_timeout })
+        Ok(Self {
+            listener,
+            state,
+            relay,
+            worker,
+            events,
+            notices,
+            shutdown_timeout: settings.shutdown_timeout,
+            archive_after: settings.archive_after,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -171,6 +182,13 @@ impl Application {
             TRANSFER_RECOVERY_AGE,
             front_stop.clone(),
         ));
+        // Ended campaigns' Redis data, after the grace period (one instance
+        // per period does the work: see `service::archive`).
+        if let Some(grace) = self.archive_after {
+            let s = &self.state;
+            let archiver = ArchiveService::new(s.db.clone(), s.stock.clone(), s.campaigns.clone());
+            tokio::spawn(archiver.run(crate::service::archive::PASS_EVERY, grace, front_stop.clone()));
+        }
         {
             let state = self.state.clone();
             tokio::spawn(self.notices.run(move |n| apply_notice(&state, n), front_stop.clone()));

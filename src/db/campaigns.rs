@@ -4,8 +4,17 @@ use chrono::{DateTime, Utc};
 use sqlx::Row;
 use sqlx::mysql::MySqlRow;
 
+use super::coupons::{CouponRow, coupon_columns, row_of};
 use super::{Db, DbError, Result};
 use crate::domain::{Campaign, CampaignId, CouponTerms};
+
+/// A campaign archived: its Redis keys are gone, MySQL holds every grant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArchiveState {
+    pub at: DateTime<Utc>,
+    /// Grants Redis held when it was archived (== rows then).
+    pub claimed: u64,
+}
 
 fn from_row(row: &MySqlRow) -> Result<Campaign> {
     let id: String = row.try_get("id")?;
@@ -74,6 +83,77 @@ impl Db {
             .bind(id.as_str());
         self.run(q.execute(self.pool())).await?;
         Ok(())
+    }
+
+    /// Whether the campaign was archived (its Redis keys deleted; MySQL is
+    /// the only copy), and what Redis held then. `None`: not archived, or
+    /// no such campaign.
+    pub async fn archive_state(&self, id: &CampaignId) -> Result<Option<ArchiveState>> {
+        let q = sqlx::query("SELECT archived_at, archived_claimed FROM campaigns WHERE id = ?").bind(id.as_str());
+        let row = self.run(q.fetch_optional(self.pool())).await?;
+        let Some(row) = row else { return Ok(None) };
+        let at: Option<DateTime<Utc>> = row.try_get("archived_at")?;
+        let claimed: Option<i64> = row.try_get("archived_claimed")?;
+        Ok(at.map(|at| ArchiveState { at, claimed: claimed.unwrap_or(0).max(0) as u64 }))
+    }
+
+    /// Marks a campaign archived with the grants Redis held, once: the first
+    /// mark wins (a second archiver, or a rerun, changes nothing). Returns
+    /// whether this call set it.
+    pub async fn mark_archived(&self, id: &CampaignId, at: DateTime<Utc>, claimed: u64) -> Result<bool> {
+        let q = sqlx::query(
+            "UPDATE campaigns SET archived_at = ?, archived_claimed = ? WHERE id = ? AND archived_at IS NULL",
+        )
+        .bind(at.naive_utc())
+        .bind(claimed as i64)
+        .bind(id.as_str());
+        Ok(self.run(q.execute(self.pool())).await?.rows_affected() == 1)
+    }
+
+    /// Campaigns over by `before` (ended or closed then) and not archived,
+    /// plus those archived since `rearchive_since` (a pass that died between
+    /// the mark and the key deletion left keys behind: deleting again is a
+    /// no-op otherwise). By id after `after`, at most `limit`.
+    pub async fn archive_candidates(
+        &self,
+        before: DateTime<Utc>,
+        rearchive_since: DateTime<Utc>,
+        after: Option<&CampaignId>,
+        limit: u32,
+    ) -> Result<Vec<CampaignId>> {
+        let q = sqlx::query(
+            "SELECT id FROM campaigns WHERE id > ? AND ((archived_at IS NULL \
+             AND LEAST(ends_at, COALESCE(closed_at, ends_at)) <= ?) OR archived_at >= ?) ORDER BY id LIMIT ?",
+        )
+        .bind(after.map_or("", CampaignId::as_str))
+        .bind(before.naive_utc())
+        .bind(rearchive_since.naive_utc())
+        .bind(limit);
+        let rows = self.run(q.fetch_all(self.pool())).await?;
+        rows.iter()
+            .map(|r| {
+                let id: String = r.try_get("id")?;
+                CampaignId::parse(&id).ok_or_else(|| DbError::Corrupt(format!("campaign id {id:?}")))
+            })
+            .collect()
+    }
+
+    /// The coupon `user` was granted with `key` in campaign `campaign`: the
+    /// keyed replay of an archived campaign, whose Redis idempotency keys
+    /// are gone (the row keeps the key since migration 0003). User ids are
+    /// compared exactly again (as `user_coupons` does).
+    pub async fn coupon_by_key(&self, campaign: &str, user: &str, key: &str) -> Result<Option<CouponRow>> {
+        let q = sqlx::query(concat!(
+            "SELECT ",
+            coupon_columns!(),
+            " FROM coupons WHERE user_id = ? AND campaign_id = ? AND idempotency_key = ? ORDER BY id LIMIT 2"
+        ))
+        .bind(user)
+        .bind(campaign)
+        .bind(key);
+        let rows = self.run(q.fetch_all(self.pool())).await?;
+        let rows: Vec<CouponRow> = rows.iter().map(row_of).collect::<std::result::Result<_, sqlx::Error>>()?;
+        Ok(rows.into_iter().find(|r| r.user_id == user && r.idempotency_key.as_deref() == Some(key)))
     }
 
     /// Coupon rows persisted for a campaign.

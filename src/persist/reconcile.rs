@@ -20,7 +20,10 @@
 //! Every run also checks the invariants on the union of both sides: grants
 //! beyond `total_stock` (oversold), users beyond `per_user_limit`, and
 //! stock conservation (`remaining + claimed == total_stock`). Repair never
-//! deletes. Run it at rest: during a drop, claims still on their way through
+//! deletes. An archived campaign (`service::archive`: its Redis keys are
+//! deleted) is compared on the MySQL side only: the rows against the grants
+//! counted at archive time; nothing is ever written back into Redis for it.
+//! Run it at rest: during a drop, claims still on their way through
 //! the outbox and the queue show as missing.
 
 use std::collections::{HashMap, HashSet};
@@ -60,6 +63,9 @@ pub struct ReconcileReport {
     /// the shards after the repair: at rest their sum is `total_stock`.
     pub remaining: u64,
     pub claimed: u64,
+    /// Set for an archived campaign: its Redis keys are gone, and the rows
+    /// are compared with the grants counted when it was archived.
+    pub archived: Option<crate::db::campaigns::ArchiveState>,
 }
 
 impl ReconcileReport {
@@ -68,7 +74,8 @@ impl ReconcileReport {
     pub fn agrees(&self) -> bool {
         let missing_left = self.missing.len() as u64 > self.repaired;
         let forgotten_left = self.forgotten.len() as u64 > self.restored;
-        !missing_left && !forgotten_left && self.extra.is_empty() && self.mismatched.is_empty()
+        let archived_differs = self.archived.is_some_and(|a| a.claimed != self.rows as u64);
+        !archived_differs && !missing_left && !forgotten_left && self.extra.is_empty() && self.mismatched.is_empty()
     }
 
     /// The stock adds up: remaining + claimed == total_stock.
@@ -86,6 +93,15 @@ impl ReconcileReport {
 impl fmt::Display for ReconcileReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "campaign {}", self.campaign_id)?;
+        if let Some(a) = self.archived {
+            writeln!(
+                f,
+                "  archived at {} with {} grants (redis keys deleted; rows compared with that count){}",
+                a.at.to_rfc3339(),
+                a.claimed,
+                if a.claimed == self.rows as u64 { "" } else { "  ROWS DIFFER" }
+            )?;
+        }
         writeln!(f, "  granted in redis: {}", self.granted)?;
         writeln!(f, "  rows in mysql:    {}", self.rows)?;
         writeln!(f, "  missing rows:     {}", self.missing.len())?;
@@ -169,6 +185,11 @@ pub async fn reconcile(
     c: &Campaign,
     repair: bool,
 ) -> Result<ReconcileReport, ServiceError> {
+    // Archived: nothing of it is left in Redis, and nothing may be written
+    // back there (a repair would resurrect a campaign nobody reads).
+    if let Some(a) = db.archive_state(&c.id).await? {
+        return reconcile_archived(db, c, a).await;
+    }
     // Land the stock transfers a dead process left, so the stats at rest add up.
     stock.recover(c).await?;
     let granted = stock.campaign_records(c).await?;
@@ -203,7 +224,9 @@ pub async fn reconcile(
         db.insert_coupons(&report.missing).await?;
         report.repaired = report.missing.len() as u64;
     }
-    if repair && !report.forgotten.is_empty() {
+    // Archived meanwhile (by an archiver racing this run): its Redis keys
+    // are being deleted, which is not a loss to write back.
+    if repair && !report.forgotten.is_empty() && db.archive_state(&c.id).await?.is_none() {
         let done = stock.restore_grants(c, &report.forgotten).await?;
         // Present already counts as restored: a repair run again (or one
         // racing another) has nothing left to do for it.
@@ -232,6 +255,45 @@ pub async fn reconcile(
         report.remaining += s.remaining;
         report.claimed += s.claimed;
     }
+    Ok(report)
+}
+
+/// Reconcile of an archived campaign: MySQL only. The rows must number
+/// what Redis held at archive time (`archived_claimed`), each must look
+/// like a grant of the campaign, and the invariants hold on the rows.
+/// `--repair` has nothing it may do: it never writes into Redis, and a row
+/// Redis never counted is for a human.
+async fn reconcile_archived(
+    db: &Db,
+    c: &Campaign,
+    a: crate::db::campaigns::ArchiveState,
+) -> Result<ReconcileReport, ServiceError> {
+    let rows = db.campaign_coupons(c.id.as_str()).await?;
+    let mut report = ReconcileReport {
+        campaign_id: c.id.to_string(),
+        total_stock: c.total_stock,
+        per_user_limit: c.per_user_limit,
+        granted: a.claimed as usize,
+        rows: rows.len(),
+        archived: Some(a),
+        ..Default::default()
+    };
+    let mut per_user: HashMap<&str, usize> = HashMap::new();
+    for row in &rows {
+        if !looks_granted(c, &row.to_record()) {
+            report.extra.push(row.id.clone());
+        }
+        *per_user.entry(row.user_id.as_str()).or_default() += 1;
+    }
+    report.oversold = (rows.len() as u64).saturating_sub(c.total_stock);
+    report.over_limit = per_user
+        .into_iter()
+        .filter(|(_, n)| *n > c.per_user_limit as usize)
+        .map(|(user, n)| (user.to_owned(), n))
+        .collect();
+    report.over_limit.sort();
+    report.claimed = a.claimed;
+    report.remaining = c.total_stock.saturating_sub(a.claimed);
     Ok(report)
 }
 

@@ -6,6 +6,10 @@
 //! TTL; correctness does not depend on it (the claim script checks the
 //! window and the `closed` flag in Redis itself), it only spares MySQL a
 //! query per claim.
+//!
+//! An archived campaign (`service::archive`) has no shards left in Redis:
+//! it is over by definition (ended or closed, so every read answers from
+//! the window without Redis), and its stats come from MySQL.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -192,6 +196,11 @@ impl CampaignService {
         self.cache.get_stale(id)
     }
 
+    /// Drops the cached copy (an archived campaign: the next read is fresh).
+    pub fn forget(&self, id: &CampaignId) {
+        self.cache.forget(id);
+    }
+
     /// Applies a `closed` notice from another instance (or this one).
     pub fn apply_closed(&self, id: &CampaignId, at: DateTime<Utc>) {
         self.cache.mark_closed(id, at);
@@ -225,6 +234,22 @@ impl CampaignService {
             return Ok(None);
         };
         let c = Arc::new(c);
+        // Archived: its shards are gone from Redis; MySQL holds every grant
+        // (see `service::archive`), so the rows are the counts.
+        if self.db.archive_state(id).await?.is_some() {
+            let (persisted, redemptions) =
+                tokio::join!(self.db.count_persisted(id), self.db.redemption_totals(id.as_str()));
+            let (claimed, (redeemed, discount_total_cents)) = (persisted?, redemptions?);
+            return Ok(Some(CampaignStats {
+                view: CampaignView { status: c.status_at(now, false), campaign: c.clone() },
+                remaining: c.total_stock.saturating_sub(claimed),
+                claimed,
+                persisted: claimed,
+                redeemed,
+                discount_total_cents,
+                shards: Vec::new(),
+            }));
+        }
         let (shards, persisted, redemptions) = tokio::join!(
             self.stock.shard_stats(&c),
             self.db.count_persisted(id),

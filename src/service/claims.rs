@@ -231,9 +231,33 @@ impl ClaimService {
             }
             ClaimOutcome::Contended => ClaimResult::Busy,
             ClaimOutcome::Missing => {
-                tracing::error!(campaign = %campaign_id, "campaign row exists but its shards are missing in redis");
-                ClaimResult::CampaignNotFound
+                Box::pin(self.answer_without_shards(&campaign, user, idempotency_key, now)).await?
             }
+        })
+    }
+
+    /// A claim that found no shard in Redis. An archived campaign (see
+    /// `service::archive`) has none by design: it is over, so `ended`,
+    /// except a keyed replay, which gets its coupon from its row (the row
+    /// keeps the key). Otherwise the shards are missing for real: 404, as
+    /// for an unknown campaign.
+    async fn answer_without_shards(
+        &self,
+        campaign: &Campaign,
+        user: &UserId,
+        idempotency_key: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<ClaimResult> {
+        if self.db.archive_state(&campaign.id).await?.is_none() {
+            tracing::error!(campaign = %campaign.id, "campaign row exists but its shards are missing in redis");
+            return Ok(ClaimResult::CampaignNotFound);
+        }
+        let Some(key) = idempotency_key else { return Ok(ClaimResult::Ended) };
+        Ok(match self.db.coupon_by_key(campaign.id.as_str(), user.as_str(), key).await? {
+            Some(row) => {
+                ClaimResult::Replayed(CouponView::new(&row.to_record(), campaign, row.redemption.clone(), now))
+            }
+            None => ClaimResult::Ended,
         })
     }
 

@@ -2,11 +2,13 @@
 //! expects (sold out, already claimed, ...) are values; only backend trouble
 //! is a [`ServiceError`], which keeps its source.
 
+pub mod archive;
 pub mod campaigns;
 pub mod claims;
 pub mod coupons;
 pub mod reports;
 
+pub use archive::{ArchiveOutcome, ArchiveService};
 pub use campaigns::{CampaignService, CampaignStats, CampaignView};
 pub use claims::{ClaimResult, ClaimService, CouponView};
 pub use coupons::{CouponService, RedeemResult, ReleaseResult};

@@ -28,6 +28,7 @@
 //! transfers) go through [`StockStore::acked`] (`replication`): the write and
 //! the WAIT in one pipeline, [`StockError::NotAcknowledged`] without a replica.
 
+pub mod archive;
 pub mod batch;
 pub mod broadcast;
 mod guard;

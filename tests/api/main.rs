@@ -5,6 +5,7 @@ mod helpers;
 #[path = "../support/private_cluster.rs"]
 mod private_cluster;
 
+mod archive;
 mod campaigns;
 mod claims;
 mod concurrency;

@@ -15,6 +15,7 @@ use crate::db::Db;
 use crate::db::coupons::{CouponRow, Redemption, RowStatus, UserCouponsQuery};
 use crate::domain::campaign::{AppliesTo, Discount};
 use crate::domain::{Campaign, CampaignId, CouponId, CouponRecord, UserId};
+use crate::metrics::LogEvery;
 use crate::protect::Protection;
 use crate::stock::broadcast::Notice;
 use crate::stock::{ClaimOutcome, StockStore};
@@ -108,6 +109,8 @@ pub struct ClaimService {
     /// Claim rate and admission bound, applied behind the fast paths: a
     /// claim answered from memory costs the backends nothing.
     protection: Arc<Protection>,
+    /// Throttles the "holdings index not written" warning.
+    index_log: Arc<LogEvery>,
 }
 
 /// Bound of the sold-out set (cleared when full; it only saves work).
@@ -115,7 +118,14 @@ const SOLD_OUT_CAPACITY: usize = 10_000;
 
 impl ClaimService {
     pub fn new(campaigns: CampaignService, stock: StockStore, db: Db) -> Self {
-        Self { campaigns, stock, db, sold_out: Arc::default(), protection: Arc::new(Protection::unlimited()) }
+        Self {
+            campaigns,
+            stock,
+            db,
+            sold_out: Arc::default(),
+            protection: Arc::new(Protection::unlimited()),
+            index_log: Arc::new(LogEvery::new()),
+        }
     }
 
     /// The same service behind the instance's limits.
@@ -286,8 +296,12 @@ impl ClaimService {
     /// redeem write-through once persisted (the pipeline's lag, normally
     /// well under a second); only until then is it invisible.
     async fn index_holding(&self, user: &UserId, campaign_id: &CampaignId) {
-        if let Err(e) = self.stock.index_held(user, campaign_id).await {
-            tracing::warn!(error = %e, campaign = %campaign_id, user = %user,
+        if let Err(e) = self.stock.index_held(user, campaign_id).await
+            && let Some(skipped) = self.index_log.allow()
+        {
+            // At most once a second: with one master down this fails for
+            // every grant of a user whose index key lives there.
+            tracing::warn!(error = %e, campaign = %campaign_id, user = %user, skipped,
                 "holdings index not written: the coupon is listed once persisted");
         }
     }

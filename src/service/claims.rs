@@ -5,17 +5,15 @@
 //! builds the Coupon the app sees from the claim record plus the campaign's
 //! terms.
 
-use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
 use super::{CampaignService, Result, ServiceError};
 use crate::db::Db;
-use crate::db::coupons::{CouponRow, Redemption, RowStatus, UserCouponsQuery};
+use crate::db::coupons::{CouponRow, Redemption};
 use crate::domain::campaign::{AppliesTo, Discount};
 use crate::domain::{Campaign, CampaignId, CouponId, CouponRecord, UserId};
-use crate::metrics::LogEvery;
 use crate::protect::Protection;
 use crate::stock::broadcast::Notice;
 use crate::stock::{ClaimOutcome, StockStore};
@@ -109,8 +107,6 @@ pub struct ClaimService {
     /// Claim rate and admission bound, applied behind the fast paths: a
     /// claim answered from memory costs the backends nothing.
     protection: Arc<Protection>,
-    /// Throttles the "holdings index not written" warning.
-    index_log: Arc<LogEvery>,
 }
 
 /// Bound of the sold-out set (cleared when full; it only saves work).
@@ -118,14 +114,7 @@ const SOLD_OUT_CAPACITY: usize = 10_000;
 
 impl ClaimService {
     pub fn new(campaigns: CampaignService, stock: StockStore, db: Db) -> Self {
-        Self {
-            campaigns,
-            stock,
-            db,
-            sold_out: Arc::default(),
-            protection: Arc::new(Protection::unlimited()),
-            index_log: Arc::new(LogEvery::new()),
-        }
+        Self { campaigns, stock, db, sold_out: Arc::default(), protection: Arc::new(Protection::unlimited()) }
     }
 
     /// The same service behind the instance's limits.
@@ -201,9 +190,6 @@ impl ClaimService {
         }
         let coupon = CouponId::generate();
         let outcome = self.stock.claim(&campaign, user, &coupon, idempotency_key).await?;
-        if matches!(outcome, ClaimOutcome::Granted(_) | ClaimOutcome::Replayed(_)) {
-            self.index_holding(user, campaign_id).await;
-        }
         Ok(match outcome {
             ClaimOutcome::Granted(r) => ClaimResult::Granted(CouponView::new(&r, &campaign, None, now)),
             ClaimOutcome::Replayed(r) => {
@@ -286,203 +272,67 @@ impl ClaimService {
         }
     }
 
-    /// Adds the campaign to the user's holdings index (see
-    /// `stock::holdings`) after a grant, before the 201: one `SADD` on the
-    /// key's master, in line, so a coupon answered 201 is found by
-    /// `GET /v1/me/coupons` at once. A replay writes it again (idempotent),
-    /// which repairs an index write that failed. A failed write does not
-    /// turn the grant into an error: the coupon is granted and answered,
-    /// and it shows in the listing, `GET /v1/me/coupons/{id}` and the
-    /// redeem write-through once persisted (the pipeline's lag, normally
-    /// well under a second); only until then is it invisible.
-    async fn index_holding(&self, user: &UserId, campaign_id: &CampaignId) {
-        if let Err(e) = self.stock.index_held(user, campaign_id).await
-            && let Some(skipped) = self.index_log.allow()
-        {
-            // At most once a second: with one master down this fails for
-            // every grant of a user whose index key lives there.
-            tracing::warn!(error = %e, campaign = %campaign_id, user = %user, skipped,
-                "holdings index not written: the coupon is listed once persisted");
-        }
-    }
-
-    /// One page of the user's coupons, newest first (by coupon id: ULIDs
-    /// are time-ordered). Two sources: the claim records in Redis (a claim
-    /// shows the moment it was granted), found through the user's holdings
-    /// index (one `SMEMBERS`, then the user's shard of each indexed
-    /// campaign: O(the user's campaigns), never a scan of campaigns), and
-    /// the user's rows in MySQL, one keyset page (`id < cursor`, filters in
-    /// SQL), whose redemption state wins. Rows of campaigns no longer in
-    /// Redis (archived, or not indexed) come from MySQL alone.
-    ///
-    /// The page is the first `limit` of the union: the MySQL page holds
-    /// the first `limit + 1` rows, Redis adds what is not persisted yet;
-    /// a Redis record persisted but outside the MySQL page gets its
-    /// redemption state by primary key. `next_cursor` is set when more
-    /// may follow (the last id of this page).
-    pub async fn my_coupons(&self, user: &UserId, q: &CouponsQuery<'_>, now: DateTime<Utc>) -> Result<CouponPage> {
-        let now = crate::domain::coupon::from_ms(now.timestamp_millis());
-        let limit = q.limit.clamp(1, PAGE_MAX) as usize;
-        let before = q.before.map(CouponId::as_str);
-        let page_query = UserCouponsQuery {
-            user_id: user.as_str(),
-            campaign_id: q.campaign.map(CampaignId::as_str),
-            status: q.status.map(row_status),
-            before,
-            limit: limit as u32 + 1,
-            now,
-        };
-        let (held, rows) = tokio::join!(self.held_records(user, q.campaign), self.db.user_coupons(&page_query));
-        let held: Vec<(CouponRecord, Arc<Campaign>)> =
-            held?.into_iter().filter(|(r, _)| before.is_none_or(|b| r.id.as_str() < b)).collect();
-        let rows = rows?;
-        // A full MySQL page: nothing is known below its last row.
-        let floor = (rows.len() > limit).then(|| rows.iter().map(|r| r.id.clone()).min()).flatten();
-        let mut rows: HashMap<String, CouponRow> = rows.into_iter().map(|r| (r.id.clone(), r)).collect();
-        let outside: Vec<&str> = held.iter().map(|(r, _)| r.id.as_str()).filter(|id| !rows.contains_key(*id)).collect();
-        let mut outside: HashMap<String, CouponRow> = self
-            .db
-            .coupons_by_id(&outside)
-            .await?
-            .into_iter()
-            .filter(|r| r.user_id == user.as_str())
-            .map(|r| (r.id.clone(), r))
-            .collect();
-        let mut pool: BTreeMap<String, CouponView> = BTreeMap::new();
-        for (r, c) in &held {
-            let row = rows.remove(&r.id).or_else(|| outside.remove(&r.id));
-            pool.insert(r.id.clone(), CouponView::new(r, c, row.and_then(|row| row.redemption), now));
-        }
-        // Rows Redis does not hold: their campaigns' terms (cached), read
-        // together.
-        let mut terms: HashMap<String, Arc<Campaign>> =
-            held.iter().map(|(_, c)| (c.id.as_str().to_owned(), c.clone())).collect();
-        let missing: std::collections::BTreeSet<CampaignId> = rows
-            .values()
-            .filter(|r| !terms.contains_key(&r.campaign_id))
-            .filter_map(|r| CampaignId::parse(&r.campaign_id))
-            .collect();
-        let found = futures_util::future::try_join_all(missing.iter().map(|id| self.campaigns.find(id))).await?;
-        terms.extend(found.into_iter().flatten().map(|c| (c.id.as_str().to_owned(), c)));
-        for row in rows.into_values() {
-            let Some(c) = terms.get(&row.campaign_id) else {
-                tracing::error!(coupon = %row.id, campaign = %row.campaign_id, "coupon of an unknown campaign");
-                continue;
-            };
-            pool.insert(row.id.clone(), CouponView::new(&row.to_record(), c, row.redemption.clone(), now));
-        }
-        pool.retain(|id, v| floor.as_ref().is_none_or(|f| id >= f) && q.status.is_none_or(|s| v.status == s));
-        let more = pool.len() > limit || floor.is_some();
-        let coupons: Vec<CouponView> = pool.into_values().rev().take(limit).collect();
-        let next_cursor = more.then(|| coupons.last().map(|c| c.id.clone()).or(floor)).flatten();
-        Ok(CouponPage { coupons, next_cursor })
-    }
-
-    /// The user's claim records in Redis, with their campaigns: of one
-    /// campaign (its shard, indexed or not), or of every campaign in the
-    /// user's holdings index. Indexed campaigns where the user holds
-    /// nothing in Redis (their keys are gone: archived; or a failover lost
-    /// the grant, which MySQL then has if it was persisted) are dropped
-    /// from the index; campaigns whose shards no longer exist are simply
-    /// empty.
-    async fn held_records(
+    /// The user's coupons: the claim records in Redis (a claim shows the
+    /// moment it was granted) merged with the rows in MySQL (by coupon id),
+    /// whose redemption state wins. Scans the newest campaigns; optional
+    /// filters.
+    pub async fn my_coupons(
         &self,
         user: &UserId,
         campaign: Option<&CampaignId>,
-    ) -> Result<Vec<(CouponRecord, Arc<Campaign>)>> {
-        let ids = match campaign {
-            Some(id) => vec![id.clone()],
-            None => self.stock.held_campaigns(user).await?,
+        status: Option<CouponStatus>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<CouponView>> {
+        let campaigns: Vec<Arc<Campaign>> = match campaign {
+            Some(id) => self.campaigns.find(id).await?.into_iter().collect(),
+            None => self.campaigns.list_terms().await?,
         };
-        let terms = futures_util::future::try_join_all(ids.iter().map(|id| self.campaigns.find(id))).await?;
-        let mut gone: Vec<CampaignId> = Vec::new();
-        let campaigns: Vec<Arc<Campaign>> = ids
-            .into_iter()
-            .zip(terms)
-            .filter_map(|(id, c)| {
-                if c.is_none() {
-                    gone.push(id);
-                }
-                c
-            })
-            .collect();
         let reads = campaigns.iter().map(|c| self.stock.user_coupons(c, user));
-        let per_campaign = futures_util::future::try_join_all(reads).await?;
-        let mut out = Vec::new();
-        for (c, records) in campaigns.into_iter().zip(per_campaign) {
-            if records.is_empty() {
-                gone.push(c.id.clone());
+        let (per_campaign, rows) = tokio::join!(
+            futures_util::future::try_join_all(reads),
+            self.db.user_coupons(user.as_str(), campaign.map(CampaignId::as_str))
+        );
+        let mut rows: std::collections::HashMap<String, CouponRow> =
+            rows?.into_iter().map(|r| (r.id.clone(), r)).collect();
+        let mut out: Vec<CouponView> = Vec::new();
+        for (c, records) in campaigns.iter().zip(per_campaign?) {
+            for r in records {
+                let redemption = rows.remove(&r.id).and_then(|row| row.redemption);
+                out.push(CouponView::new(&r, c, redemption, now));
             }
-            out.extend(records.into_iter().map(|r| (r, c.clone())));
         }
-        if campaign.is_none()
-            && let Err(e) = self.stock.forget_held(user, &gone).await
-        {
-            tracing::warn!(error = %e, user = %user, "could not drop stale holdings index entries");
+        for row in rows.into_values() {
+            let Some(c) = campaigns.iter().find(|c| c.id.as_str() == row.campaign_id) else { continue };
+            out.push(CouponView::new(&row.to_record(), c, row.redemption.clone(), now));
         }
+        out.retain(|v| status.is_none_or(|s| v.status == s));
+        out.sort_by(|a, b| b.claimed_at.cmp(&a.claimed_at).then_with(|| b.id.cmp(&a.id)));
         Ok(out)
     }
 
     /// The claim record of one of the user's coupons as Redis holds it (a
-    /// claim the pipeline may not have persisted yet), with its campaign:
-    /// looked up in the campaigns of the user's holdings index.
+    /// claim the pipeline may not have persisted yet), with its campaign.
     pub async fn find_record(
         &self,
         user: &UserId,
         coupon_id: &CouponId,
     ) -> Result<Option<(CouponRecord, Arc<Campaign>)>> {
-        Ok(self.held_records(user, None).await?.into_iter().find(|(r, _)| r.id == coupon_id.as_str()))
+        let campaigns = self.campaigns.list_terms().await?;
+        let reads = campaigns.iter().map(|c| self.stock.user_coupons(c, user));
+        let per_campaign = futures_util::future::try_join_all(reads).await?;
+        Ok(campaigns
+            .into_iter()
+            .zip(per_campaign)
+            .find_map(|(c, records)| records.into_iter().find(|r| r.id == coupon_id.as_str()).map(|r| (r, c))))
     }
 
-    /// One of the user's coupons: its row in MySQL (by primary key) if it
-    /// was persisted, else its claim record in Redis (a coupon id does not
-    /// say its campaign: the holdings index does).
     pub async fn my_coupon(
         &self,
         user: &UserId,
         coupon_id: &CouponId,
         now: DateTime<Utc>,
     ) -> Result<Option<CouponView>> {
-        if let Some(row) = self.db.coupon(coupon_id.as_str()).await? {
-            if row.user_id != user.as_str() {
-                return Ok(None);
-            }
-            let Some(c) = CampaignId::parse(&row.campaign_id) else { return Ok(None) };
-            let Some(c) = self.campaigns.find(&c).await? else { return Ok(None) };
-            return Ok(Some(CouponView::new(&row.to_record(), &c, row.redemption.clone(), now)));
-        }
-        Ok(self.find_record(user, coupon_id).await?.map(|(r, c)| CouponView::new(&r, &c, None, now)))
-    }
-}
-
-/// Default page size of `GET /v1/me/coupons`.
-pub const PAGE_DEFAULT: u32 = 100;
-/// Largest page size of `GET /v1/me/coupons`.
-pub const PAGE_MAX: u32 = 1000;
-
-/// Which of the user's coupons a page lists.
-#[derive(Debug, Clone, Default)]
-pub struct CouponsQuery<'a> {
-    pub campaign: Option<&'a CampaignId>,
-    pub status: Option<CouponStatus>,
-    /// The cursor: only coupons with a smaller id (older).
-    pub before: Option<&'a CouponId>,
-    /// Page size, 1..=[`PAGE_MAX`].
-    pub limit: u32,
-}
-
-/// One page of the user's coupons; `next_cursor` when more may follow.
-#[derive(Debug, Clone)]
-pub struct CouponPage {
-    pub coupons: Vec<CouponView>,
-    pub next_cursor: Option<String>,
-}
-
-fn row_status(s: CouponStatus) -> RowStatus {
-    match s {
-        CouponStatus::Claimed => RowStatus::Claimed,
-        CouponStatus::Redeemed => RowStatus::Redeemed,
-        CouponStatus::Expired => RowStatus::Expired,
+        Ok(self.my_coupons(user, None, None, now).await?.into_iter().find(|c| c.id == coupon_id.as_str()))
     }
 }
 

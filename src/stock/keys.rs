@@ -11,7 +11,6 @@
 //! {fg:b<k>.<n>}:c:<campaign>:<shard>:xin      HASH   applied incoming transfers
 //! {fg:b<k>.<n>}:outbox                        STREAM claim records of every shard in bucket k
 //! {fg:b<k>.<n>}:xpend                         SET    "campaign:shard" of bucket k with journal entries
-//! fg:held:<user>                              SET    campaign ids the user holds coupons of (see `holdings`)
 //! ```
 //!
 //! There is a fixed number of buckets ([`OUTBOX_BUCKETS`]), whatever the
@@ -114,13 +113,6 @@ impl KeyLayout {
             outbox: self.outbox(bucket),
             hash: base,
         }
-    }
-
-    /// The user's holdings index: the campaigns the user was granted
-    /// coupons of (see `holdings`). Its own key, in whatever slot its name
-    /// hashes to: it is never touched by a script.
-    pub fn held(&self, user: &str) -> String {
-        format!("{}:held:{user}", self.prefix)
     }
 
     /// Channel on which instances tell each other about campaign changes

@@ -9,7 +9,6 @@ mod archive;
 mod campaigns;
 mod claims;
 mod concurrency;
-mod holdings;
 mod ops;
 mod persistence;
 mod recovery;

@@ -64,18 +64,38 @@ async fn unstorable_campaign(
 async fn grant_all(app: &TestApp, campaign: &str, users: &[String]) -> Vec<String> {
     let tasks: Vec<_> = users
         .iter()
-        .map(|u| {
+        .enumerate()
+        .map(|(i, u)| {
             let (app, campaign, u) = (app.clone(), campaign.to_owned(), u.clone());
-            tokio::spawn(async move { app.claim(&campaign, &u).await })
+            // Keyed, so a 503 ("maybe granted") of a cluster still settling
+            // after an earlier test's failover is asked again without
+            // granting twice: the retry answers the first outcome.
+            let key = format!("{campaign}-{i}-{u}");
+            tokio::spawn(async move {
+                for _ in 0..100 {
+                    let got = app.claim_on(0, &campaign, &u, Some(&key)).await;
+                    if got.0 != StatusCode::SERVICE_UNAVAILABLE {
+                        return got;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                panic!("{u}: still 503 after 10 s");
+            })
         })
         .collect();
     let mut ids = Vec::new();
     for t in tasks {
         let (status, body) = t.await.unwrap();
-        assert_eq!(status, StatusCode::CREATED, "{body}");
+        assert!(status == StatusCode::CREATED || status == StatusCode::OK, "{status} {body}");
         ids.push(body["id"].as_str().unwrap().to_owned());
     }
     ids
+}
+
+/// The number in a line such as "replayed 37 messages" after `prefix`.
+fn count_after(text: &str, prefix: &str) -> u64 {
+    let rest = text.strip_prefix(prefix).unwrap_or_else(|| panic!("want {prefix:?} first: {text}"));
+    rest.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("no count: {text}"))
 }
 
 async fn rows(app: &TestApp, campaign: &str) -> Vec<String> {
@@ -263,18 +283,21 @@ async fn bad_records_are_dead_lettered_alone_and_replayed_after_the_fix() {
     let (code, text) = dlq_binary(&["list", "--limit", "3"], &app.prefix);
     assert_eq!(code, Some(1), "{text}");
     let queue = Topology::new(&app.prefix).dead_letter_queue;
-    assert!(text.starts_with(&format!("dead-letter queue {queue}: {} messages", listing.messages)), "{text}");
+    // At least once: a message the relay re-sent after the broker came back
+    // can be dead-lettered again after the listing above, so counts only grow.
+    let listed = count_after(&text, &format!("dead-letter queue {queue}: "));
+    assert!(listed >= listing.messages, "{text}");
     assert!(text.contains("messages per reason:") && text.contains("  valid_until_ms outside"), "{text}");
     assert!(text.contains("  mysql refused the row: error ") && text.contains("first 3 records:"), "{text}");
     // Listing takes nothing away.
-    assert_eq!(dlq::list(&amqp_url(), &app.prefix, 0, AMQP_TIMEOUT).await.unwrap().messages, listing.messages);
+    assert!(dlq::list(&amqp_url(), &app.prefix, 0, AMQP_TIMEOUT).await.unwrap().messages >= listed);
 
     // The schema fix, then the replay: the refused rows are stored; what is
     // still unstorable comes back to the dead-letter queue with its reason.
     sqlx::query("ALTER TABLE coupons DROP CONSTRAINT fg_test_poison").execute(app.state.db.pool()).await.unwrap();
     let (code, text) = dlq_binary(&["replay"], &app.prefix);
     assert_eq!(code, Some(0), "{text}");
-    assert!(text.starts_with(&format!("replayed {} messages", listing.messages)), "{text}");
+    assert!(count_after(&text, "replayed ") >= listed, "{text}");
     let all: HashSet<String> = good.iter().chain(&poison).cloned().collect();
     let stored = wait_rows(&app, &normal, all.len(), 60).await;
     assert_eq!(stored.into_iter().collect::<HashSet<_>>(), all, "the replayed rows are stored once");

@@ -13,8 +13,11 @@
 -- (no second decrement, holder entry, record or outbox entry). So a batch
 -- run twice answers the same and leaves the same state as run once (a
 -- claim refused the first time is decided again, and refusals change
--- nothing). Checked first, before the window, so that neither a re-run
--- nor a keyed replay after the end is answered "ended".
+-- nothing). The grant is recognised by its coupon id in the user's holder
+-- entry, which the limit check reads anyway (a per-claim lookup of the
+-- record cost the claim path measurably). Checked before the window, so
+-- that neither a re-run nor a keyed replay after the end is answered
+-- "ended".
 --
 -- The claims of a batch are decided one after the other, exactly as if each
 -- had been its own call (a user twice in one batch gets one grant and one
@@ -111,35 +114,38 @@ local granted = 0
 -- Set when a claim was answered from an earlier grant (re-run or replay).
 local answered_before = false
 local function claim(user, coupon, key)
-  -- A re-run of this very claim: the caller's client resent the call after
-  -- a dropped connection or an I/O error, and the first copy had already
-  -- run. The coupon id is fresh per request, so its record here means the
-  -- grant happened: answer it again (the caller asked once, it gets its
-  -- 201) and change nothing.
-  local done = redis.call('HGET', KEYS[3], coupon)
-  if done then
-    answered_before = true
-    return {1, done}
-  end
-
   local idem_field = nil
   if key ~= '' then
     idem_field = user .. '\n' .. key
     local prev = redis.call('HGET', KEYS[4], idem_field)
     if prev then
       answered_before = true
-      return {2, redis.call('HGET', KEYS[3], prev)}
+      -- Its own re-run (same fresh coupon id) is answered as the grant it
+      -- was; another request with the key is a replay of that grant.
+      return {prev == coupon and 1 or 2, redis.call('HGET', KEYS[3], prev)}
     end
-  end
-
-  if ended then
-    return {5}
   end
 
   local held = redis.call('HGET', KEYS[2], user)
   local count = 0
   if held then
+    -- A re-run of this very claim: the caller's client resent the call
+    -- after a dropped connection or an I/O error, and the first copy had
+    -- already run. The coupon id is fresh per request and its grant put it
+    -- in the user's holder entry (which is read here anyway for the limit,
+    -- so the check costs no Redis call; the entry loses the id only by a
+    -- release, which needs the answer this claim is still waiting for):
+    -- answer the grant again (the caller asked once, it gets its 201) and
+    -- change nothing.
+    if string.find(held, coupon, 1, true) then
+      answered_before = true
+      return {1, redis.call('HGET', KEYS[3], coupon)}
+    end
     count = select(2, string.gsub(held, ',', ',')) + 1
+  end
+
+  if ended then
+    return {5}
   end
   if count >= limit then
     return {3, held}

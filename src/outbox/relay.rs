@@ -174,6 +174,9 @@ pub struct Relay {
     /// sessions: entries read and not acked stay in this consumer's pending
     /// list through a reconnect.
     gate: Vec<AtomicU8>,
+    /// Throttles the "holdings index not written" warning (a master down
+    /// fails it on every pass).
+    index_log: LogEvery,
 }
 
 /// A bucket this consumer holds nothing of: read as in `fast` mode.
@@ -205,6 +208,7 @@ impl Relay {
             reclaim_idle,
             amqp_timeout: crate::outbox::DEFAULT_AMQP_TIMEOUT,
             gate,
+            index_log: LogEvery::new(),
         }
     }
 
@@ -627,6 +631,17 @@ impl Relay {
     /// are returned (their entries stay pending with this consumer and are
     /// taken over by `XAUTOCLAIM` after the idle time, sent again: the
     /// persist worker is idempotent).
+    ///
+    /// While the messages are confirmed, the same records go into their
+    /// users' holdings index (`stock::holdings`, one `HSET` per user, the
+    /// writes of a pass concurrent with its publishes): before the ack, so
+    /// an entry acked was indexed or its index write failed. Failed writes
+    /// do not hold the entries back (counted in `index_failed`, logged at
+    /// most once a second): such grants are shipped as always and found in
+    /// MySQL once persisted, so an index node down costs visibility for
+    /// the pipeline's lag, never persistence. A pass run again (the
+    /// entries reclaimed after a crash before the ack) writes the same
+    /// fields again: no change.
     async fn publish_and_ack(
         &self,
         ch: &Channel,
@@ -637,11 +652,15 @@ impl Relay {
         // Well-formed records travel together; a malformed one alone, so the
         // persist worker dead-letters only it.
         let mut good: Vec<&str> = Vec::new();
+        let mut records: Vec<CouponRecord> = Vec::new();
         let mut bad: Vec<&Entry> = Vec::new();
         for e in work.iter().flat_map(|(_, es)| es) {
-            match e.raw.as_deref() {
-                Some(raw) if CouponRecord::parse_checked(raw).is_ok() => good.push(raw),
-                Some(_) => bad.push(e),
+            match e.raw.as_deref().map(|raw| (raw, CouponRecord::parse_checked(raw))) {
+                Some((raw, Ok(r))) => {
+                    good.push(raw);
+                    records.push(r);
+                }
+                Some((_, Err(_))) => bad.push(e),
                 None => {}
             }
         }
@@ -651,7 +670,21 @@ impl Relay {
             sends.push(vec![e.raw.as_deref().unwrap_or_default()]);
         }
         events.reopen_if_closed(conn, self.amqp_timeout).await;
-        for r in join_all(sends.iter().map(|records| self.publish(ch, events, records))).await {
+        let to_index: Vec<&CouponRecord> = records.iter().collect();
+        let (published, indexed) = tokio::join!(
+            join_all(sends.iter().map(|records| self.publish(ch, events, records))),
+            self.stock.index_grants(&to_index)
+        );
+        PipelineMetrics::add(&self.metrics.indexed, indexed.written as u64);
+        if indexed.failed > 0 {
+            PipelineMetrics::add(&self.metrics.index_failed, indexed.failed as u64);
+            if let Some(skipped) = self.index_log.allow() {
+                let error = indexed.first_error.as_ref().map(ToString::to_string).unwrap_or_default();
+                tracing::warn!(users = indexed.failed, %error, skipped,
+                    "holdings index not written; those grants are shipped anyway and listed once persisted");
+            }
+        }
+        for r in published {
             r?;
         }
         PipelineMetrics::add(&self.metrics.published_batches, sends.len() as u64);

@@ -292,7 +292,7 @@ fn claim() {}
         ("limit" = Option<u32>, Query, description = "page size, 1..=1000 (default 100)"),
         ("cursor" = Option<String>, Query, description = "`next_cursor` of the page before (opaque)")),
     responses(
-        (status = 200, description = "one page of the user's coupons, newest first, including claims not yet persisted; `next_cursor` for the next page", body = CouponList),
+        (status = 200, description = "one page of the user's coupons, newest first, including claims not yet persisted (listed once relayed, typically tens of ms after the 201; at once with `campaign_id`); `next_cursor` for the next page", body = CouponList),
         (status = 400, description = "`invalid_request` (`status`, `limit`, `cursor`)", body = ErrorBody),
         (status = 401, description = "`unauthorized`", body = ErrorBody),
         (status = 429, description = "`rate_limited`", body = ErrorBody, headers(("Retry-After" = u64))),

@@ -334,3 +334,24 @@ async fn the_index_is_unchanged_when_the_relay_ships_the_same_records_again() {
     assert_eq!(listed, want, "each coupon once");
     app.cleanup().await;
 }
+
+/// A failed index write holds nothing back: the relay ships and acks the
+/// grant anyway (counted in `index_failed`), the grant is persisted, and it
+/// is found by id. The failure is made real by a key of the wrong type in
+/// the index's place (`HSET` answers WRONGTYPE, as it would answer an error
+/// for a master down).
+#[tokio::test]
+async fn a_failed_index_write_does_not_hold_back_persistence() {
+    let app = spawn_pipeline_app().await;
+    let id = campaign(&app, 5, 1).await;
+    let mut conn = app.stock.connection();
+    let _: () = redis::cmd("SET").arg(app.stock.keys().held("blocked")).arg("x").query_async(&mut conn).await.unwrap();
+    let coupon = claim_n(&app, &id, "blocked", 1).await.remove(0);
+    app.wait_persisted(&id, 1, 20).await;
+    assert_eq!(app.outbox_len().await, 0, "acked");
+    let failed = flashgrab::metrics::PipelineMetrics::get(&app.state.metrics.index_failed);
+    assert!(failed >= 1, "the failed write is counted");
+    let (s, one) = get_user(&app, "blocked", &format!("/v1/me/coupons/{coupon}")).await;
+    assert_eq!(s, StatusCode::OK, "{one}");
+    app.cleanup().await;
+}

@@ -22,7 +22,8 @@ use super::topology::{CLAIM_ROUTING_KEY, Topology};
 use super::{QueueError, amqp_call, open_confirmed_channel};
 use crate::domain::CouponRecord;
 use crate::metrics::{Backoff, LogEvery, PipelineMetrics, pause_after_failure};
-use crate::stock::{Durability, StockStore};
+use crate::stock::holdings::IndexWrites;
+use crate::stock::{Durability, StockError, StockStore};
 
 /// Entries read per stream per pass.
 pub const BATCH: usize = 500;
@@ -37,6 +38,9 @@ const POLL_MAX: Duration = Duration::from_millis(100);
 /// After the first read of a pass ends, the others that end within this
 /// are taken in the same pass (healthy reads end together).
 const GATHER: Duration = Duration::from_millis(5);
+/// Upper bound for a pass's holdings index writes (what is not written by
+/// then counts as one failure; the entries are acked anyway).
+const INDEX_WAIT: Duration = Duration::from_millis(500);
 /// Upper bound to wait for one broker confirm.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -671,10 +675,17 @@ impl Relay {
         }
         events.reopen_if_closed(conn, self.amqp_timeout).await;
         let to_index: Vec<&CouponRecord> = records.iter().collect();
-        let (published, indexed) = tokio::join!(
-            join_all(sends.iter().map(|records| self.publish(ch, events, records))),
-            self.stock.index_grants(&to_index)
-        );
+        // Bounded on its own: a frozen master must not stall every pass for
+        // the store's full timeout until its breaker opens.
+        let index = async {
+            tokio::time::timeout(INDEX_WAIT, self.stock.index_grants(&to_index)).await.unwrap_or_else(|_| IndexWrites {
+                failed: 1,
+                first_error: Some(StockError::Timeout(INDEX_WAIT)),
+                ..IndexWrites::default()
+            })
+        };
+        let (published, indexed) =
+            tokio::join!(join_all(sends.iter().map(|records| self.publish(ch, events, records))), index);
         PipelineMetrics::add(&self.metrics.indexed, indexed.written as u64);
         if indexed.failed > 0 {
             PipelineMetrics::add(&self.metrics.index_failed, indexed.failed as u64);

@@ -33,6 +33,12 @@ pub struct PipelineMetrics {
     /// Claim event messages (`<prefix>.events`) nacked, unconfirmed in
     /// time, or not sent; events are best effort and never retried.
     pub events_failed: AtomicU64,
+    /// Users' holdings index writes the relay made (one per user per pass;
+    /// `stock::holdings`).
+    pub indexed: AtomicU64,
+    /// Holdings index writes that failed: those grants are shipped anyway
+    /// and listed once persisted (`outbox::relay`).
+    pub index_failed: AtomicU64,
 }
 
 impl PipelineMetrics {

@@ -76,6 +76,27 @@ impl Db {
         rows.iter().map(from_row).collect()
     }
 
+    /// Campaigns not archived whose window overlaps `[from, to]` (a coupon
+    /// claimed in that time is of one of them), newest first, at most
+    /// `limit`. `idx_campaigns_ends_at` (migrations/0008) reads only the
+    /// campaigns ending after `from`.
+    pub async fn campaigns_live_between(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<Campaign>> {
+        let sql = concat!(
+            "SELECT ",
+            columns!(),
+            " FROM campaigns WHERE ends_at >= ? AND starts_at <= ? AND archived_at IS NULL \
+             AND (closed_at IS NULL OR closed_at >= ?) ORDER BY id DESC LIMIT ?"
+        );
+        let q = sqlx::query(sql).bind(from.naive_utc()).bind(to.naive_utc()).bind(from.naive_utc()).bind(limit);
+        let rows = self.run(q.fetch_all(self.pool())).await?;
+        rows.iter().map(from_row).collect()
+    }
+
     /// Sets `closed_at` once (the first close wins; later closes are no-ops).
     pub async fn close_campaign(&self, id: &CampaignId, at: DateTime<Utc>) -> Result<()> {
         let q = sqlx::query("UPDATE campaigns SET closed_at = ? WHERE id = ? AND closed_at IS NULL")

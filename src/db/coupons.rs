@@ -34,6 +34,28 @@ pub struct CouponRow {
     pub idempotency_key: Option<String>,
 }
 
+/// Which rows of a user [`Db::user_coupons`] reads.
+#[derive(Debug, Clone)]
+pub struct UserCouponsQuery<'a> {
+    pub user_id: &'a str,
+    pub campaign_id: Option<&'a str>,
+    pub status: Option<RowStatus>,
+    /// Only ids below this one (the cursor: the last id of the page before).
+    pub before: Option<&'a str>,
+    pub limit: u32,
+    /// What "expired" is relative to; at the millisecond.
+    pub now: DateTime<Utc>,
+}
+
+/// A coupon's status as the listing filters it: redeemed (the row says
+/// so), else expired (`valid_until <= now`), else claimed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowStatus {
+    Claimed,
+    Redeemed,
+    Expired,
+}
+
 /// The order a coupon is redeemed on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Redemption {
@@ -142,24 +164,60 @@ impl Db {
         self.run(work).await
     }
 
-    /// A user's coupon rows, optionally of one campaign (newest first, at most
-    /// 1000: the listing is for an app screen).
+    /// One page of a user's coupon rows, newest first (by id: coupon ids
+    /// are ULIDs, time-ordered), keyset-paged: the rows with an id below
+    /// `q.before`, at most `q.limit`. The status filter is applied here so
+    /// that a filtered page is full; `q.now` (at the millisecond, the
+    /// columns' precision) decides "expired" exactly as the caller does.
+    /// Served by `idx_coupons_user_id` (migrations/0005), or by
+    /// `idx_coupons_user_campaign` with a campaign.
     ///
     /// The column compares exactly (a NO PAD collation, migrations/0004);
     /// the rows are checked again here, so a database still on the padding
     /// collation (`'alice ' = 'alice'`) cannot hand one user another's rows.
-    pub async fn user_coupons(&self, user_id: &str, campaign_id: Option<&str>) -> Result<Vec<CouponRow>> {
-        let q = sqlx::query(concat!(
-            "SELECT ",
-            coupon_columns!(),
-            " FROM coupons WHERE user_id = ? AND (? IS NULL OR campaign_id = ?) ORDER BY claimed_at DESC LIMIT 1000"
-        ))
-        .bind(user_id)
-        .bind(campaign_id)
-        .bind(campaign_id);
-        let rows = self.run(q.fetch_all(self.pool())).await?;
+    pub async fn user_coupons(&self, q: &UserCouponsQuery<'_>) -> Result<Vec<CouponRow>> {
+        let mut b: QueryBuilder<MySql> =
+            QueryBuilder::new(concat!("SELECT ", coupon_columns!(), " FROM coupons WHERE user_id = "));
+        b.push_bind(q.user_id);
+        if let Some(c) = q.campaign_id {
+            b.push(" AND campaign_id = ").push_bind(c);
+        }
+        if let Some(before) = q.before {
+            b.push(" AND id < ").push_bind(before);
+        }
+        let now = q.now.naive_utc();
+        match q.status {
+            None => {}
+            Some(RowStatus::Redeemed) => {
+                b.push(" AND status = 'redeemed'");
+            }
+            Some(RowStatus::Claimed) => {
+                b.push(" AND status <> 'redeemed' AND valid_until > ").push_bind(now);
+            }
+            Some(RowStatus::Expired) => {
+                b.push(" AND status <> 'redeemed' AND valid_until <= ").push_bind(now);
+            }
+        }
+        b.push(" ORDER BY id DESC LIMIT ").push_bind(q.limit);
+        let rows = self.run(b.build().fetch_all(self.pool())).await?;
         let rows: Vec<CouponRow> = rows.iter().map(row_of).collect::<std::result::Result<_, sqlx::Error>>()?;
-        Ok(rows.into_iter().filter(|r| r.user_id == user_id).collect())
+        Ok(rows.into_iter().filter(|r| r.user_id == q.user_id).collect())
+    }
+
+    /// The rows of these coupon ids that exist (primary key lookups).
+    pub async fn coupons_by_id(&self, ids: &[&str]) -> Result<Vec<CouponRow>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut b: QueryBuilder<MySql> =
+            QueryBuilder::new(concat!("SELECT ", coupon_columns!(), " FROM coupons WHERE id IN ("));
+        let mut list = b.separated(", ");
+        for id in ids {
+            list.push_bind(*id);
+        }
+        b.push(")");
+        let rows = self.run(b.build().fetch_all(self.pool())).await?;
+        rows.iter().map(row_of).collect::<std::result::Result<_, sqlx::Error>>().map_err(Into::into)
     }
 
     /// Every coupon row of a campaign (reconcile).

@@ -17,7 +17,7 @@ use super::{ApiError, AppState, rfc3339};
 use crate::domain::campaign::{AppliesTo, Discount};
 use crate::domain::{CampaignId, CouponId};
 use crate::service::ClaimResult;
-use crate::service::claims::{CouponStatus, CouponView};
+use crate::service::claims::{CouponStatus, CouponView, CouponsQuery as PageQuery, PAGE_DEFAULT, PAGE_MAX};
 
 /// A coupon as API.md shows it, serialized straight from the view (the
 /// 201 of every grant: no `serde_json::Value` tree per response).
@@ -128,8 +128,13 @@ async fn claim_answer(s: &AppState, path: &str, headers: &HeaderMap, now: DateTi
 pub struct CouponsQuery {
     campaign_id: Option<String>,
     status: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
 }
 
+/// `GET /v1/me/coupons`: one page, newest first; `next_cursor` (the last
+/// id of the page) is passed back as `cursor` for the next one, null on
+/// the last page.
 pub async fn my_coupons(
     State(s): State<AppState>,
     User(user): User,
@@ -145,16 +150,33 @@ pub async fn my_coupons(
             return Err(ApiError::invalid("status", "must be claimed, redeemed or expired"));
         }
     };
+    let limit = match q.limit.as_deref() {
+        None => PAGE_DEFAULT,
+        Some(raw) => match raw.parse::<u32>() {
+            Ok(n) if (1..=PAGE_MAX).contains(&n) => n,
+            _ => return Err(ApiError::invalid("limit", format!("must be an integer in 1..={PAGE_MAX}"))),
+        },
+    };
+    let cursor = match q.cursor.as_deref() {
+        None | Some("") => None,
+        Some(raw) => {
+            Some(CouponId::parse(raw).ok_or_else(|| ApiError::invalid("cursor", "not a cursor of this listing"))?)
+        }
+    };
     let campaign = match q.campaign_id.as_deref() {
         None => None,
         Some(raw) => match CampaignId::parse(raw) {
             Some(id) => Some(id),
             // An id that cannot exist has no coupons.
-            None => return Ok(Json(json!({ "coupons": [] }))),
+            None => return Ok(Json(json!({ "coupons": [], "next_cursor": null }))),
         },
     };
-    let coupons = s.claims.my_coupons(&user, campaign.as_ref(), status, Utc::now()).await?;
-    Ok(Json(json!({ "coupons": coupons.iter().map(coupon_json).collect::<Vec<_>>() })))
+    let query = PageQuery { campaign: campaign.as_ref(), status, before: cursor.as_ref(), limit };
+    let page = s.claims.my_coupons(&user, &query, Utc::now()).await?;
+    Ok(Json(json!({
+        "coupons": page.coupons.iter().map(coupon_json).collect::<Vec<_>>(),
+        "next_cursor": page.next_cursor,
+    })))
 }
 
 pub async fn my_coupon(

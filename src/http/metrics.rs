@@ -376,6 +376,18 @@ pub fn render_pipeline(p: &PipelineMetrics, out: &mut String) {
             "Claim event messages the events exchange refused or did not confirm (best effort: not retried).",
             get(&p.events_failed),
         ),
+        (
+            "flashgrab_holdings_indexed_total",
+            "counter",
+            "Users' holdings index writes by the relay (one per user per pass).",
+            get(&p.indexed),
+        ),
+        (
+            "flashgrab_holdings_index_failed_total",
+            "counter",
+            "Holdings index writes that failed (those grants are listed once persisted).",
+            get(&p.index_failed),
+        ),
     ] {
         sample(out, name, kind, help, v);
     }

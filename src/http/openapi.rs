@@ -122,6 +122,8 @@ pub struct Coupon {
 #[derive(ToSchema)]
 pub struct CouponList {
     coupons: Vec<Coupon>,
+    /// Pass as `cursor` for the next page; null on the last one.
+    next_cursor: Option<String>,
 }
 
 #[derive(ToSchema)]
@@ -286,10 +288,12 @@ fn claim() {}
 #[utoipa::path(get, path = "/v1/me/coupons", tag = "coupons", security(("user_jwt" = [])),
     params(
         ("campaign_id" = Option<String>, Query, description = "only this campaign"),
-        ("status" = Option<CouponStatus>, Query, description = "only this status")),
+        ("status" = Option<CouponStatus>, Query, description = "only this status"),
+        ("limit" = Option<u32>, Query, description = "page size, 1..=1000 (default 100)"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the page before (opaque)")),
     responses(
-        (status = 200, description = "the user's coupons, newest first, including claims not yet persisted", body = CouponList),
-        (status = 400, description = "`invalid_request`", body = ErrorBody),
+        (status = 200, description = "one page of the user's coupons, newest first, including claims not yet persisted (listed once relayed, typically tens of ms after the 201; at once with `campaign_id`); `next_cursor` for the next page", body = CouponList),
+        (status = 400, description = "`invalid_request` (`status`, `limit`, `cursor`)", body = ErrorBody),
         (status = 401, description = "`unauthorized`", body = ErrorBody),
         (status = 429, description = "`rate_limited`", body = ErrorBody, headers(("Retry-After" = u64))),
         (status = 503, description = "`unavailable`", body = ErrorBody, headers(("Retry-After" = u64)))))]

@@ -22,7 +22,8 @@ use super::topology::{CLAIM_ROUTING_KEY, Topology};
 use super::{QueueError, amqp_call, open_confirmed_channel};
 use crate::domain::CouponRecord;
 use crate::metrics::{Backoff, LogEvery, PipelineMetrics, pause_after_failure};
-use crate::stock::{Durability, StockStore};
+use crate::stock::holdings::IndexWrites;
+use crate::stock::{Durability, StockError, StockStore};
 
 /// Entries read per stream per pass.
 pub const BATCH: usize = 500;
@@ -37,6 +38,9 @@ const POLL_MAX: Duration = Duration::from_millis(100);
 /// After the first read of a pass ends, the others that end within this
 /// are taken in the same pass (healthy reads end together).
 const GATHER: Duration = Duration::from_millis(5);
+/// Upper bound for a pass's holdings index writes (what is not written by
+/// then counts as one failure; the entries are acked anyway).
+const INDEX_WAIT: Duration = Duration::from_millis(500);
 /// Upper bound to wait for one broker confirm.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -174,6 +178,9 @@ pub struct Relay {
     /// sessions: entries read and not acked stay in this consumer's pending
     /// list through a reconnect.
     gate: Vec<AtomicU8>,
+    /// Throttles the "holdings index not written" warning (a master down
+    /// fails it on every pass).
+    index_log: LogEvery,
 }
 
 /// A bucket this consumer holds nothing of: read as in `fast` mode.
@@ -205,6 +212,7 @@ impl Relay {
             reclaim_idle,
             amqp_timeout: crate::outbox::DEFAULT_AMQP_TIMEOUT,
             gate,
+            index_log: LogEvery::new(),
         }
     }
 
@@ -627,6 +635,17 @@ impl Relay {
     /// are returned (their entries stay pending with this consumer and are
     /// taken over by `XAUTOCLAIM` after the idle time, sent again: the
     /// persist worker is idempotent).
+    ///
+    /// While the messages are confirmed, the same records go into their
+    /// users' holdings index (`stock::holdings`, one `HSET` per user, the
+    /// writes of a pass concurrent with its publishes): before the ack, so
+    /// an entry acked was indexed or its index write failed. Failed writes
+    /// do not hold the entries back (counted in `index_failed`, logged at
+    /// most once a second): such grants are shipped as always and found in
+    /// MySQL once persisted, so an index node down costs visibility for
+    /// the pipeline's lag, never persistence. A pass run again (the
+    /// entries reclaimed after a crash before the ack) writes the same
+    /// fields again: no change.
     async fn publish_and_ack(
         &self,
         ch: &Channel,
@@ -637,11 +656,15 @@ impl Relay {
         // Well-formed records travel together; a malformed one alone, so the
         // persist worker dead-letters only it.
         let mut good: Vec<&str> = Vec::new();
+        let mut records: Vec<CouponRecord> = Vec::new();
         let mut bad: Vec<&Entry> = Vec::new();
         for e in work.iter().flat_map(|(_, es)| es) {
-            match e.raw.as_deref() {
-                Some(raw) if CouponRecord::parse_checked(raw).is_ok() => good.push(raw),
-                Some(_) => bad.push(e),
+            match e.raw.as_deref().map(|raw| (raw, CouponRecord::parse_checked(raw))) {
+                Some((raw, Ok(r))) => {
+                    good.push(raw);
+                    records.push(r);
+                }
+                Some((_, Err(_))) => bad.push(e),
                 None => {}
             }
         }
@@ -651,7 +674,28 @@ impl Relay {
             sends.push(vec![e.raw.as_deref().unwrap_or_default()]);
         }
         events.reopen_if_closed(conn, self.amqp_timeout).await;
-        for r in join_all(sends.iter().map(|records| self.publish(ch, events, records))).await {
+        let to_index: Vec<&CouponRecord> = records.iter().collect();
+        // Bounded on its own: a frozen master must not stall every pass for
+        // the store's full timeout until its breaker opens.
+        let index = async {
+            tokio::time::timeout(INDEX_WAIT, self.stock.index_grants(&to_index)).await.unwrap_or_else(|_| IndexWrites {
+                failed: 1,
+                first_error: Some(StockError::Timeout(INDEX_WAIT)),
+                ..IndexWrites::default()
+            })
+        };
+        let (published, indexed) =
+            tokio::join!(join_all(sends.iter().map(|records| self.publish(ch, events, records))), index);
+        PipelineMetrics::add(&self.metrics.indexed, indexed.written as u64);
+        if indexed.failed > 0 {
+            PipelineMetrics::add(&self.metrics.index_failed, indexed.failed as u64);
+            if let Some(skipped) = self.index_log.allow() {
+                let error = indexed.first_error.as_ref().map(ToString::to_string).unwrap_or_default();
+                tracing::warn!(users = indexed.failed, %error, skipped,
+                    "holdings index not written; those grants are shipped anyway and listed once persisted");
+            }
+        }
+        for r in published {
             r?;
         }
         PipelineMetrics::add(&self.metrics.published_batches, sends.len() as u64);

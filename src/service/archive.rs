@@ -16,7 +16,8 @@
 //! - reconcile matches (nothing missing, lost, extra, no invariant broken).
 //!
 //! Then, in this order: the row is marked (`campaigns.archived_at` and the
-//! grants counted, `archived_claimed`), and the shards' keys are deleted
+//! grants counted, `archived_claimed`), the grants leave their holders'
+//! indexes (`stock::holdings`), and the shards' keys are deleted
 //! (`stock::archive`). Marked first, so a crash in between leaves keys
 //! that the next pass deletes (it revisits recently archived campaigns),
 //! never a campaign whose Redis data is gone and which MySQL does not know
@@ -140,7 +141,7 @@ impl ArchiveService {
             return Ok(None);
         };
         if let Some(a) = self.db.archive_state(id).await? {
-            let keys_deleted = self.stock.delete_campaign_keys(&c).await?;
+            let keys_deleted = self.delete_from_redis(&c).await?;
             return Ok(Some(ArchiveOutcome::AlreadyArchived { claimed: a.claimed, keys_deleted }));
         }
         let over_at = c.closed_at.map_or(c.ends_at, |t| t.min(c.ends_at));
@@ -165,7 +166,7 @@ impl ArchiveService {
         // Mark first, then delete (module note). A second archiver that
         // marked first makes this one's mark a no-op; both delete.
         let marked = self.db.mark_archived(id, now, census.claimed).await?;
-        let keys_deleted = self.stock.delete_campaign_keys(&c).await?;
+        let keys_deleted = self.delete_from_redis(&c).await?;
         if !marked {
             let claimed = self.db.archive_state(id).await?.map_or(census.claimed, |a| a.claimed);
             return Ok(Some(ArchiveOutcome::AlreadyArchived { claimed, keys_deleted }));
@@ -173,6 +174,20 @@ impl ArchiveService {
         self.campaigns.forget(id);
         tracing::info!(campaign = %id, claimed = census.claimed, keys_deleted, "campaign archived: redis keys deleted");
         Ok(Some(ArchiveOutcome::Archived { claimed: census.claimed, keys_deleted }))
+    }
+
+    /// The campaign's entries of its holders' indexes (`stock::holdings`),
+    /// then its shards' keys: in that order, because the holders hash says
+    /// whose index names which coupon and goes with the keys. A crash in
+    /// between leaves keys, which the next pass unindexes and deletes.
+    /// Returns the keys deleted.
+    async fn delete_from_redis(&self, c: &crate::domain::Campaign) -> Result<u64> {
+        let unindexed = self.stock.unindex_campaign(c).await?;
+        let keys = self.stock.delete_campaign_keys(c).await?;
+        if unindexed > 0 {
+            tracing::debug!(campaign = %c.id, unindexed, "holdings index entries removed");
+        }
+        Ok(keys)
     }
 
     /// One automatic pass: every campaign over for `grace` and not archived

@@ -9,9 +9,9 @@
 //!
 //! Kept: the outbox streams (shared by every shard of a bucket, trimmed by
 //! the relay) and the `xpend` sets (shared too; the shard's member is
-//! removed). Untouched: keys of other features that may name the campaign
-//! (e.g. a per-user index of campaigns), whose readers tolerate a campaign
-//! without shards.
+//! removed). The users' holdings index entries of the campaign are removed
+//! first, by `holdings::unindex_campaign` (it reads the holders hash that
+//! goes here).
 //!
 //! Deletion is `UNLINK` (the memory is freed off the main thread, so a big
 //! campaign does not stall the node), one command per shard: all keys of a

@@ -11,6 +11,7 @@
 //! {fg:b<k>.<n>}:c:<campaign>:<shard>:xin      HASH   applied incoming transfers
 //! {fg:b<k>.<n>}:outbox                        STREAM claim records of every shard in bucket k
 //! {fg:b<k>.<n>}:xpend                         SET    "campaign:shard" of bucket k with journal entries
+//! fg:held:<user>                              HASH   coupon id -> campaign id, the user's grants (see `holdings`)
 //! ```
 //!
 //! There is a fixed number of buckets ([`OUTBOX_BUCKETS`]), whatever the
@@ -113,6 +114,13 @@ impl KeyLayout {
             outbox: self.outbox(bucket),
             hash: base,
         }
+    }
+
+    /// The user's holdings index: coupon id -> campaign id of the user's
+    /// grants (see `holdings`). Its own key, in whatever slot its name
+    /// hashes to: it is never touched by a script.
+    pub fn held(&self, user: &str) -> String {
+        format!("{}:held:{user}", self.prefix)
     }
 
     /// Channel on which instances tell each other about campaign changes

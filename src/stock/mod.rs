@@ -32,6 +32,7 @@ pub mod archive;
 pub mod batch;
 pub mod broadcast;
 mod guard;
+pub mod holdings;
 pub mod keys;
 pub mod placement;
 pub mod rebalance;

@@ -85,6 +85,14 @@ async fn an_ended_persisted_campaign_is_archived_and_still_served_from_mysql() {
         coupons.push(b["id"].as_str().unwrap().to_owned());
     }
     app.wait_persisted(&id, 4, 20).await;
+    // Relayed, so in the holders' indexes (with one of another campaign).
+    let other = app.create_campaign(campaign_body(5)).await["id"].as_str().unwrap().to_owned();
+    let (s, b) = app.claim(&other, "bob").await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let elsewhere = b["id"].as_str().unwrap().to_owned();
+    app.wait_relayed(10).await;
+    assert_eq!(app.held("bob").await.len(), 3);
+    assert_eq!(app.held("carol").await.len(), 1);
 
     // Not over yet: nothing happens.
     let early = app.archiver().archive(&cid, chrono::Utc::now(), Duration::ZERO).await.unwrap().unwrap();
@@ -100,6 +108,11 @@ async fn an_ended_persisted_campaign_is_archived_and_still_served_from_mysql() {
     assert!(matches!(done[0].1, ArchiveOutcome::Archived { claimed: 4, .. }), "{}", done[0].1);
     assert_eq!(app.shard_keys_left(&id).await, 0, "every per-shard key is deleted");
     assert_eq!(app.outbox_len().await, 0, "the outbox streams are the relay's, untouched and empty");
+    // Its grants left the holders' indexes; the other campaign's stays.
+    let bob = app.held("bob").await;
+    assert_eq!(bob.into_iter().collect::<Vec<_>>(), vec![(elsewhere.clone(), other.clone())]);
+    assert!(app.held("carol").await.is_empty(), "the index keeps an archived grant");
+    assert!(app.held("keyed").await.is_empty(), "the index keeps an archived grant");
 
     // Stats from MySQL.
     let st = app.stats(&id).await;
@@ -215,15 +228,17 @@ async fn a_campaign_with_grants_not_persisted_is_not_archived() {
 }
 
 /// Bytes of Redis memory per grant (docs/OPERATIONS.md, "Sizing"):
-/// `MEMORY USAGE` of one shard's keys before and after N grants, on the
-/// shared cluster under this test's own prefix; fails if a grant costs more
-/// than its budget (1 KiB; 433 B measured), so a change that bloats the
-/// per-grant data is noticed. The figures are printed:
+/// `MEMORY USAGE` of one shard's keys before and after N grants, plus the
+/// users' holdings index keys the relay writes, on the shared cluster under
+/// this test's own prefix; fails if a grant costs more than its budget
+/// (1 KiB, index included), so a change that bloats the per-grant data is
+/// noticed. The figures are printed:
 /// `cargo test -p flashgrab --test api redis_memory_per_grant -- --nocapture`.
 #[tokio::test]
 async fn redis_memory_per_grant_stays_within_its_budget() {
     const N: u64 = 2000;
-    let app = spawn_app().await;
+    // The relay runs (it writes the index), the persist worker does not.
+    let app = spawn_with(1, true, false).await;
     let mut body = campaign_body(N);
     body["shards"] = json!(1);
     let id = app.create_campaign(body).await["id"].as_str().unwrap().to_owned();
@@ -250,7 +265,6 @@ async fn redis_memory_per_grant_stays_within_its_budget() {
     let shard_keys =
         || vec![k.hash.clone(), k.holders.clone(), k.coupons.clone(), k.idem.clone(), k.xout.clone(), k.xin.clone()];
     let before = usage(shard_keys()).await;
-    let outbox_before = usage(vec![k.outbox.clone()]).await;
     let mut tasks = Vec::new();
     for w in 0..16u64 {
         let app = app.clone();
@@ -268,14 +282,17 @@ async fn redis_memory_per_grant_stays_within_its_budget() {
         t.await.unwrap();
     }
     let after = usage(shard_keys()).await;
-    let outbox_after = usage(vec![k.outbox.clone()]).await;
     let per = |a: u64, b: u64| (a.saturating_sub(b)) as f64 / N as f64;
+    app.wait_relayed(30).await;
+    let index_keys: Vec<String> = (0..N).map(|i| app.stock.keys().held(&format!("user-{i:08}"))).collect();
+    let index = usage(index_keys).await;
     println!(
-        "{N} grants (half keyed): shard keys {before} -> {after} bytes = {:.0} B/grant; outbox stream {outbox_before} -> {outbox_after} = {:.0} B/grant until relayed",
+        "{N} grants (half keyed): shard keys {before} -> {after} bytes = {:.0} B/grant; holdings index {index} bytes = {:.0} B/grant ({N} users, one coupon each)",
         per(after, before),
-        per(outbox_after, outbox_before)
+        per(index, 0),
     );
-    assert!(per(after, before) < 1024.0, "a grant costs {:.0} bytes of Redis memory", per(after, before));
+    let total = per(after + index, before);
+    assert!(total < 1024.0, "a grant costs {total:.0} bytes of Redis memory");
     for (name, key) in [("holders", &k.holders), ("coupons", &k.coupons), ("idem", &k.idem)] {
         println!("  {name}: {} bytes", usage(vec![key.clone()]).await);
     }

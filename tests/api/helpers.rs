@@ -264,6 +264,23 @@ impl TestApp {
             .await;
     }
 
+    /// The user's holdings index (`<prefix>:held:<user>`): coupon id ->
+    /// campaign id.
+    pub async fn held(&self, user: &str) -> HashMap<String, String> {
+        let mut conn = self.stock.connection();
+        redis::cmd("HGETALL").arg(self.stock.keys().held(user)).query_async(&mut conn).await.unwrap()
+    }
+
+    /// Polls until every outbox stream of this prefix is empty: the relay
+    /// shipped (and indexed) every grant so far. Panics after `secs`.
+    pub async fn wait_relayed(&self, secs: u64) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        while self.outbox_len().await > 0 {
+            assert!(std::time::Instant::now() < deadline, "the outbox never drained");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     /// Sum of the outbox stream lengths over every bucket of this prefix.
     pub async fn outbox_len(&self) -> u64 {
         let mut conn = self.stock.connection();

@@ -383,13 +383,24 @@ fn mariadb_answers() -> bool {
         .unwrap_or(false)
 }
 
-fn mariadbd_running() -> bool {
-    Command::new("pgrep").args(["-x", "mariadbd"]).stdout(Stdio::null()).status().map(|s| s.success()).unwrap_or(false)
+/// The pid of the MariaDB server on 127.0.0.1:3306, from its own pid file
+/// (`@@pid_file`). Other mariadbd processes may run beside it (the TLS
+/// variant of `scripts/stack`): the test stops and waits for this one only.
+fn mariadbd_pid() -> Option<u32> {
+    let out = Command::new("mariadb")
+        .args(["-uroot", "-h127.0.0.1", "-N", "-e", "select @@pid_file"])
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    let file = String::from_utf8(out.stdout).ok()?;
+    std::fs::read_to_string(file.trim()).ok()?.trim().parse().ok()
 }
 
 /// Starts MariaDB and waits until it answers. The start is asked again
 /// every second: a server still shutting down makes `start-stop-daemon`
-/// answer "already running" and start nothing.
+/// answer "already running" and start nothing. Matched by the server's pid
+/// file, so another mariadbd running (e.g. the TLS variant on its own port)
+/// is not taken for this one.
 fn start_mariadb() {
     for i in 0..600 {
         if mariadb_answers() {
@@ -397,7 +408,8 @@ fn start_mariadb() {
         }
         if i % 10 == 0 {
             let _ = Command::new("start-stop-daemon")
-                .args(["--start", "--oknodo", "--quiet", "--background", "--exec", "/usr/sbin/mariadbd"])
+                .args(["--start", "--oknodo", "--quiet", "--background", "--pidfile", "/run/mysqld/mysqld.pid"])
+                .args(["--exec", "/usr/sbin/mariadbd"])
                 .status();
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -409,15 +421,16 @@ fn start_mariadb() {
 
 /// Shuts MariaDB down and waits (bounded) until its process is gone.
 fn stop_mariadb() {
+    let pid = mariadbd_pid().expect("the pid of the MariaDB server on 3306 (from @@pid_file)");
     let stopped = Command::new("mariadb-admin").args(["-uroot", "-h127.0.0.1", "shutdown"]).status().unwrap();
     assert!(stopped.success(), "mariadb-admin shutdown");
     for _ in 0..300 {
-        if !mariadbd_running() {
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
             return;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    panic!("mariadbd still running 30 s after mariadb-admin shutdown");
+    panic!("mariadbd (pid {pid}) still running 30 s after mariadb-admin shutdown");
 }
 
 /// MySQL goes down while a contested drop is selling and stays down until

@@ -38,6 +38,7 @@ pub mod rebalance;
 pub mod reconnect;
 pub mod replication;
 pub mod restore;
+pub mod topup;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -103,14 +103,14 @@ impl Db {
         let mut tx = self.run(self.pool().begin()).await?;
         let q = sqlx::query("SELECT total_stock FROM campaigns WHERE id = ? FOR UPDATE").bind(id.as_str());
         let Some(row) = self.run(q.fetch_optional(&mut *tx)).await? else { return Ok(None) };
-        let total: i64 = row.try_get("total_stock")?;
+        let total: u64 = row.try_get("total_stock")?;
         let q = sqlx::query(
             "SELECT CAST(COALESCE(SUM(units), 0) AS SIGNED) AS n FROM campaign_topups \
              WHERE campaign_id = ? AND applied_at IS NULL",
         )
         .bind(id.as_str());
         let pending: i64 = self.run(q.fetch_one(&mut *tx)).await?.try_get("n")?;
-        let have = (total + pending).max(0) as u64;
+        let have = total + pending.max(0) as u64;
         if target <= have {
             return Ok(None);
         }
@@ -136,7 +136,7 @@ impl Db {
             return Ok(false);
         }
         let q = sqlx::query("UPDATE campaigns SET total_stock = total_stock + ? WHERE id = ?")
-            .bind(t.units as i64)
+            .bind(t.units)
             .bind(t.campaign_id.as_str());
         self.run(q.execute(&mut *tx)).await?;
         self.run(tx.commit()).await?;

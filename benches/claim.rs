@@ -76,6 +76,7 @@ async fn bench_campaign(store: &StockStore) -> Result<Campaign, String> {
         },
         shard_buckets,
         created_at: now,
+        tally: Default::default(),
     };
     store.init_campaign(&c).await.map_err(|e| e.to_string())?;
     Ok(c)

@@ -184,6 +184,7 @@ fn print_dev_help(settings: &Settings, addr: std::net::SocketAddr) {
     }
     // Export lines, not prose: pasted into another shell they let the load
     // test and `flashgrab token` use this instance's secrets.
+    println!("\n  marketing console: http://{addr}/console (sign in with the FLASHGRAB_ADMIN_TOKEN below)");
     println!("\n  in another shell, paste:");
     println!(
         "    export FLASHGRAB_ADMIN_TOKEN={} FLASHGRAB_USER_JWT_SECRET={}",

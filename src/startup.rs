@@ -19,7 +19,7 @@ use crate::outbox::events::EventPublisher;
 use crate::outbox::relay::Relay;
 use crate::persist::worker::PersistWorker;
 use crate::protect::Protection;
-use crate::service::{ArchiveService, CampaignService, ClaimService, CouponService, ReportService};
+use crate::service::{ArchiveService, CampaignService, ClaimService, CouponService, LiveHub, ReportService};
 use crate::stock::StockStore;
 use crate::stock::broadcast::{Notice, Subscriber};
 
@@ -108,11 +108,13 @@ impl Application {
         });
         let coupons = CouponService::new(campaigns.clone(), claims.clone(), db.clone(), wake_events);
         let reports = ReportService::new(campaigns.clone(), db.clone());
+        let live = LiveHub::new(campaigns.clone(), stock.clone(), CancellationToken::new());
         let state = AppState::new(AppInner {
             campaigns,
             claims,
             coupons,
             reports,
+            live,
             admin_token: settings.admin_token.clone(),
             jwt: JwtKeys::new(settings.user_jwt_secret.as_bytes()),
             stock,
@@ -182,6 +184,12 @@ impl Application {
             TRANSFER_RECOVERY_AGE,
             front_stop.clone(),
         ));
+        // Top-ups a dead instance left half-done (see `service::campaigns`).
+        tokio::spawn(self.state.campaigns.clone().recover_top_ups(
+            TRANSFER_RECOVERY_EVERY,
+            TRANSFER_RECOVERY_AGE,
+            front_stop.clone(),
+        ));
         // Ended campaigns' Redis data, after the grace period (one instance
         // per period does the work: see `service::archive`).
         if let Some(grace) = self.archive_after {
@@ -198,10 +206,14 @@ impl Application {
         let signal_at = Arc::new(std::sync::OnceLock::new());
         {
             let (signalled, signal_at) = (signalled.clone(), signal_at.clone());
+            let live = self.state.live.clone();
             tokio::spawn(async move {
                 shutdown.await;
                 let _ = signal_at.set(tokio::time::Instant::now());
                 signalled.cancel();
+                // Event streams never end by themselves: end them, so the
+                // graceful shutdown does not wait on them.
+                live.shutdown();
             });
         }
         let app = router(self.state);
@@ -309,6 +321,16 @@ fn apply_notice(state: &AppState, notice: Notice) {
     match notice {
         Notice::SoldOut(id) => state.claims.mark_sold_out(&id),
         Notice::Closed(id) => state.campaigns.apply_closed(&id, chrono::Utc::now()),
+        Notice::Changed(id) => {
+            state.claims.forget_sold_out(&id);
+            let campaigns = state.campaigns.clone();
+            tokio::spawn(async move { campaigns.refresh(&id).await });
+        }
+        Notice::Resubscribed => {
+            state.claims.forget_sold_outs();
+            let campaigns = state.campaigns.clone();
+            tokio::spawn(async move { campaigns.refresh_all().await });
+        }
     }
 }
 

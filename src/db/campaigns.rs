@@ -16,7 +16,7 @@ pub struct ArchiveState {
     pub claimed: u64,
 }
 
-fn from_row(row: &MySqlRow) -> Result<Campaign> {
+pub(super) fn from_row(row: &MySqlRow) -> Result<Campaign> {
     let id: String = row.try_get("id")?;
     let buckets: String = row.try_get("shard_buckets")?;
     let terms: String = row.try_get("coupon_terms")?;
@@ -33,6 +33,7 @@ fn from_row(row: &MySqlRow) -> Result<Campaign> {
         coupon: serde_json::from_str::<CouponTerms>(&terms)
             .map_err(|e| DbError::Corrupt(format!("coupon_terms of {id}: {e}")))?,
         created_at: row.try_get("created_at")?,
+        tally: Default::default(),
     })
 }
 
@@ -41,25 +42,31 @@ macro_rules! columns {
         "id, name, total_stock, per_user_limit, starts_at, ends_at, closed_at, shard_buckets, coupon_terms, created_at"
     };
 }
+pub(super) use columns;
+
+/// The INSERT of a campaign row (alone, or in a transaction with its
+/// `Idempotency-Key`: `db::changes`).
+pub(super) fn insert_query(c: &Campaign) -> sqlx::query::Query<'static, sqlx::MySql, sqlx::mysql::MySqlArguments> {
+    sqlx::query(
+        "INSERT INTO campaigns (id, name, total_stock, per_user_limit, starts_at, ends_at, closed_at, \
+         shard_buckets, coupon_terms, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(c.id.as_str().to_owned())
+    .bind(c.name.clone())
+    .bind(c.total_stock)
+    .bind(c.per_user_limit)
+    // NaiveDateTime (UTC), not DateTime<Utc>: see `insert_coupons`.
+    .bind(c.starts_at.naive_utc())
+    .bind(c.ends_at.naive_utc())
+    .bind(c.closed_at.map(|t| t.naive_utc()))
+    .bind(serde_json::to_string(&c.shard_buckets).expect("vec serializes"))
+    .bind(serde_json::to_string(&c.coupon).expect("terms serialize"))
+    .bind(c.created_at.naive_utc())
+}
 
 impl Db {
     pub async fn insert_campaign(&self, c: &Campaign) -> Result<()> {
-        let q = sqlx::query(
-            "INSERT INTO campaigns (id, name, total_stock, per_user_limit, starts_at, ends_at, closed_at, \
-             shard_buckets, coupon_terms, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(c.id.as_str())
-        .bind(&c.name)
-        .bind(c.total_stock)
-        .bind(c.per_user_limit)
-        // NaiveDateTime (UTC), not DateTime<Utc>: see `insert_coupons`.
-        .bind(c.starts_at.naive_utc())
-        .bind(c.ends_at.naive_utc())
-        .bind(c.closed_at.map(|t| t.naive_utc()))
-        .bind(serde_json::to_string(&c.shard_buckets).expect("vec serializes"))
-        .bind(serde_json::to_string(&c.coupon).expect("terms serialize"))
-        .bind(c.created_at.naive_utc());
-        self.run(q.execute(self.pool())).await?;
+        self.run(insert_query(c).execute(self.pool())).await?;
         Ok(())
     }
 

@@ -4,7 +4,9 @@
 //! client (the HTTP layer logs them and answers 503/500 with no detail).
 
 pub mod campaigns;
+pub mod changes;
 pub mod coupons;
+pub mod exports;
 pub mod redemptions;
 pub mod reports;
 

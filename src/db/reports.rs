@@ -13,6 +13,10 @@ use crate::domain::coupon::from_ms;
 
 /// At most this many minutes in the timeline (about a week).
 pub const MAX_MINUTES: u32 = 10_080;
+/// Claims per second are reported for drops whose claims span at most
+/// this many seconds (an hour): a flash sale that sells out in 8 seconds is
+/// one bar per minute, which shows nothing.
+pub const MAX_SECONDS: i64 = 3_600;
 
 /// Claims over time, from the persisted rows.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -21,6 +25,9 @@ pub struct ClaimTimeline {
     pub last_claim_at: Option<DateTime<Utc>>,
     /// (start of the minute, claims in it), oldest first, minutes without claims left out.
     pub per_minute: Vec<(DateTime<Utc>, u64)>,
+    /// The same per second, when the claims span at most [`MAX_SECONDS`]
+    /// (empty otherwise).
+    pub per_second: Vec<(DateTime<Utc>, u64)>,
 }
 
 /// A product or category and how many redeemed coupons' orders had it.
@@ -45,7 +52,8 @@ impl Db {
             sqlx::query("SELECT MIN(claimed_at) AS first, MAX(claimed_at) AS last FROM coupons WHERE campaign_id = ?")
                 .bind(campaign_id);
         let row = self.run(q.fetch_one(self.pool())).await?;
-        let (first_claim_at, last_claim_at) = (row.try_get("first")?, row.try_get("last")?);
+        let (first_claim_at, last_claim_at): (Option<DateTime<Utc>>, Option<DateTime<Utc>>) =
+            (row.try_get("first")?, row.try_get("last")?);
         // The session time zone is UTC (see Db::connect), so UNIX_TIMESTAMP
         // of a DATETIME is the epoch time it stores.
         let q = sqlx::query(
@@ -54,12 +62,34 @@ impl Db {
         )
         .bind(campaign_id)
         .bind(MAX_MINUTES);
+        let per_minute = self.buckets(q, 60_000).await?;
+        let short =
+            matches!((first_claim_at, last_claim_at), (Some(f), Some(l)) if (l - f).num_seconds() <= MAX_SECONDS);
+        let per_second = if short {
+            let q = sqlx::query(
+                "SELECT CAST(FLOOR(UNIX_TIMESTAMP(claimed_at)) AS SIGNED) AS m, COUNT(*) AS n FROM coupons \
+                 WHERE campaign_id = ? GROUP BY m ORDER BY m LIMIT ?",
+            )
+            .bind(campaign_id)
+            .bind(MAX_SECONDS + 1);
+            self.buckets(q, 1_000).await?
+        } else {
+            Vec::new()
+        };
+        Ok(ClaimTimeline { first_claim_at, last_claim_at, per_minute, per_second })
+    }
+
+    /// Rows of (bucket number `m`, count `n`) as (bucket start, count).
+    async fn buckets(
+        &self,
+        q: sqlx::query::Query<'_, sqlx::MySql, sqlx::mysql::MySqlArguments>,
+        width_ms: i64,
+    ) -> Result<Vec<(DateTime<Utc>, u64)>> {
         let rows = self.run(q.fetch_all(self.pool())).await?;
-        let per_minute = rows
+        Ok(rows
             .iter()
-            .map(|r| Ok((from_ms(r.try_get::<i64, _>("m")? * 60_000), r.try_get::<i64, _>("n")?.max(0) as u64)))
-            .collect::<std::result::Result<_, sqlx::Error>>()?;
-        Ok(ClaimTimeline { first_claim_at, last_claim_at, per_minute })
+            .map(|r| Ok((from_ms(r.try_get::<i64, _>("m")? * width_ms), r.try_get::<i64, _>("n")?.max(0) as u64)))
+            .collect::<std::result::Result<_, sqlx::Error>>()?)
     }
 
     /// The products or categories most often in orders that redeemed a

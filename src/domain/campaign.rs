@@ -177,8 +177,20 @@ pub struct NewCampaign {
     pub coupon: CouponTerms,
 }
 
+/// A campaign name: trimmed, 1..=200 characters, no control characters.
+pub(crate) fn valid_name(raw: &str) -> Result<String> {
+    let name = raw.trim();
+    if name.is_empty() || name.chars().count() > MAX_NAME_CHARS {
+        return Err(ValidationError::new("name", format!("must be 1..={MAX_NAME_CHARS} characters, not blank")));
+    }
+    if raw.chars().any(char::is_control) {
+        return Err(ValidationError::new("name", "must not contain control characters"));
+    }
+    Ok(name.to_owned())
+}
+
 /// An RFC 3339 time within [`time_in_range`].
-fn parse_time(field: &str, s: &str) -> Result<DateTime<Utc>> {
+pub(crate) fn parse_time(field: &str, s: &str) -> Result<DateTime<Utc>> {
     let t = DateTime::parse_from_rfc3339(s)
         .map(|t| t.with_timezone(&Utc))
         .map_err(|_| ValidationError::new(field, "must be an RFC 3339 time, e.g. 2026-11-21T20:00:00Z"))?;
@@ -188,7 +200,7 @@ fn parse_time(field: &str, s: &str) -> Result<DateTime<Utc>> {
     Ok(t)
 }
 
-fn in_range(field: &str, v: i64, lo: i64, hi: i64) -> Result<i64> {
+pub(crate) fn in_range(field: &str, v: i64, lo: i64, hi: i64) -> Result<i64> {
     if (lo..=hi).contains(&v) {
         Ok(v)
     } else {
@@ -249,13 +261,7 @@ impl CreateCampaignRequest {
     /// Checks every bound of API.md, in field order, and returns the first
     /// failure. `now` is passed in so the check is deterministic in tests.
     pub fn validate(self, now: DateTime<Utc>) -> Result<NewCampaign> {
-        let name = self.name.trim();
-        if name.is_empty() || name.chars().count() > MAX_NAME_CHARS {
-            return Err(ValidationError::new("name", format!("must be 1..={MAX_NAME_CHARS} characters, not blank")));
-        }
-        if self.name.chars().any(char::is_control) {
-            return Err(ValidationError::new("name", "must not contain control characters"));
-        }
+        let name = valid_name(&self.name)?;
         let total_stock = in_range("total_stock", self.total_stock, 1, MAX_TOTAL_STOCK)?;
         let per_user_limit = in_range("per_user_limit", self.per_user_limit.unwrap_or(1), 1, MAX_PER_USER_LIMIT)?;
         let starts_at = parse_time("starts_at", &self.starts_at)?;
@@ -327,7 +333,7 @@ impl CreateCampaignRequest {
         };
 
         Ok(NewCampaign {
-            name: name.to_owned(),
+            name,
             total_stock: total_stock as u64,
             per_user_limit: per_user_limit as u32,
             starts_at,
@@ -364,6 +370,9 @@ pub struct Campaign {
     /// the shard count. Fixed at creation: see `stock::keys`.
     pub shard_buckets: Vec<u16>,
     pub created_at: DateTime<Utc>,
+    /// This instance's claims of the campaign by outcome (metrics only; not
+    /// part of the terms: see [`ClaimTally`]).
+    pub tally: std::sync::Arc<crate::metrics::ClaimTally>,
 }
 
 impl Campaign {

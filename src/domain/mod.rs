@@ -3,6 +3,7 @@
 //! here is checked once at the edge so that the stores never see bad input.
 
 pub mod campaign;
+pub mod change;
 pub mod coupon;
 pub mod ids;
 pub mod order;

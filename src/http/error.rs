@@ -14,7 +14,10 @@ use super::rfc3339;
 
 #[derive(Debug)]
 pub enum ApiError {
-    InvalidRequest { field: String, message: String },
+    InvalidRequest {
+        field: String,
+        message: String,
+    },
     PayloadTooLarge,
     UnsupportedMediaType,
     Unauthorized,
@@ -22,18 +25,41 @@ pub enum ApiError {
     MethodNotAllowed,
     CampaignNotFound,
     CouponNotFound,
-    NotStarted { starts_at: DateTime<Utc> },
-    AlreadyClaimed { coupon_id: String },
-    LimitReached { coupon_ids: Vec<String> },
+    NotStarted {
+        starts_at: DateTime<Utc>,
+    },
+    AlreadyClaimed {
+        coupon_id: String,
+    },
+    LimitReached {
+        coupon_ids: Vec<String>,
+    },
     SoldOut,
     Ended,
-    AlreadyRedeemed { order_id: String },
-    NotYetValid { valid_from: DateTime<Utc> },
+    AlreadyRedeemed {
+        order_id: String,
+    },
+    NotYetValid {
+        valid_from: DateTime<Utc>,
+    },
     Expired,
-    NotApplicable { reason: &'static str },
+    NotApplicable {
+        reason: &'static str,
+    },
     NotRedeemedByOrder,
-    RateLimited { retry_after_secs: u64 },
-    Unavailable { retry_after_secs: u64 },
+    /// PATCH refused: what may change, and which way (`domain::change`).
+    InvalidChange {
+        reason: &'static str,
+        message: String,
+    },
+    /// `Idempotency-Key` of `POST /v1/campaigns` reused with another body.
+    IdempotencyConflict,
+    RateLimited {
+        retry_after_secs: u64,
+    },
+    Unavailable {
+        retry_after_secs: u64,
+    },
     Internal,
 }
 
@@ -102,6 +128,15 @@ impl ApiError {
             ApiError::NotRedeemedByOrder => {
                 (StatusCode::CONFLICT, "not_redeemed_by_order", "the coupon is redeemed on another order".into())
             }
+            ApiError::InvalidChange { reason, message } => {
+                d.insert("reason".into(), json!(reason));
+                (StatusCode::CONFLICT, "invalid_change", message.clone())
+            }
+            ApiError::IdempotencyConflict => (
+                StatusCode::CONFLICT,
+                "idempotency_conflict",
+                "this Idempotency-Key was used with another body; use a new key for a new campaign".into(),
+            ),
             ApiError::RateLimited { .. } => {
                 (StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many requests, retry later".into())
             }

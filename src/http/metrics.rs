@@ -29,58 +29,12 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::AppState;
-use crate::metrics::PipelineMetrics;
+use crate::domain::Campaign;
+pub use crate::metrics::ClaimLabel;
+use crate::metrics::{ClaimTally, PipelineMetrics};
 
 /// Upper bounds of the latency buckets, seconds.
 const BUCKETS: [f64; 14] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
-
-/// How a claim ended, as a metrics label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ClaimLabel {
-    Granted,
-    Replayed,
-    AlreadyClaimed,
-    LimitReached,
-    NotStarted,
-    Ended,
-    SoldOut,
-    NotFound,
-    RateLimited,
-    Unavailable,
-    Error,
-}
-
-impl ClaimLabel {
-    const ALL: [ClaimLabel; 11] = [
-        ClaimLabel::Granted,
-        ClaimLabel::Replayed,
-        ClaimLabel::AlreadyClaimed,
-        ClaimLabel::LimitReached,
-        ClaimLabel::NotStarted,
-        ClaimLabel::Ended,
-        ClaimLabel::SoldOut,
-        ClaimLabel::NotFound,
-        ClaimLabel::RateLimited,
-        ClaimLabel::Unavailable,
-        ClaimLabel::Error,
-    ];
-
-    fn name(self) -> &'static str {
-        match self {
-            ClaimLabel::Granted => "granted",
-            ClaimLabel::Replayed => "replayed",
-            ClaimLabel::AlreadyClaimed => "already_claimed",
-            ClaimLabel::LimitReached => "limit_reached",
-            ClaimLabel::NotStarted => "not_started",
-            ClaimLabel::Ended => "ended",
-            ClaimLabel::SoldOut => "sold_out",
-            ClaimLabel::NotFound => "campaign_not_found",
-            ClaimLabel::RateLimited => "rate_limited",
-            ClaimLabel::Unavailable => "unavailable",
-            ClaimLabel::Error => "error",
-        }
-    }
-}
 
 /// One latency histogram (cumulative on export).
 #[derive(Default)]
@@ -152,8 +106,9 @@ impl HttpMetrics {
         self.claim_latency[i].observe(took);
     }
 
-    /// Writes the HTTP and claim families.
-    fn render(&self, out: &mut String) {
+    /// Writes the HTTP and claim families; `live` are the live campaigns
+    /// with this instance's counters of each (the `campaign` label).
+    fn render(&self, out: &mut String, live: &[(Arc<Campaign>, Arc<ClaimTally>)]) {
         family(out, "flashgrab_http_requests_total", "counter", "HTTP responses by route template and status.");
         let routes: Vec<(Box<str>, Arc<RouteCounters>)> = {
             let r = self.routes.read().unwrap_or_else(|e| e.into_inner());
@@ -170,13 +125,37 @@ impl HttpMetrics {
                 }
             }
         }
-        family(out, "flashgrab_claims_total", "counter", "Claims that reached the claim handler, by outcome.");
+        family(
+            out,
+            "flashgrab_claims_total",
+            "counter",
+            "Claims that reached the claim handler, by outcome; by campaign for the live campaigns \
+             (the series without a campaign label counts the rest: sum over the family for the total).",
+        );
         for l in ClaimLabel::ALL {
+            let total = self.claims[l as usize].load(Ordering::Relaxed);
+            let mut attributed = 0u64;
+            for (c, tally) in live {
+                let n = tally.get(l);
+                if n == 0 {
+                    continue;
+                }
+                attributed += n;
+                let _ = writeln!(
+                    out,
+                    "flashgrab_claims_total{{outcome=\"{}\",campaign=\"{}\",campaign_id=\"{}\"}} {n}",
+                    l.name(),
+                    label_value(&c.name),
+                    c.id
+                );
+            }
+            // The service counts a claim a moment before the handler does:
+            // never let the remainder go below zero.
             let _ = writeln!(
                 out,
                 "flashgrab_claims_total{{outcome=\"{}\"}} {}",
                 l.name(),
-                self.claims[l as usize].load(Ordering::Relaxed)
+                total.saturating_sub(attributed)
             );
         }
         family(out, "flashgrab_claim_duration_seconds", "histogram", "Claim latency in the handler, by outcome.");
@@ -219,10 +198,15 @@ pub async fn record(State(s): State<AppState>, req: Request, next: Next) -> Resp
     resp
 }
 
-/// The whole exposition of this instance.
-pub fn render(s: &AppState) -> String {
+/// A Prometheus label value: backslash, quote and line break escaped.
+fn label_value(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// The whole exposition of this instance; `live` as for the claim family.
+pub fn render(s: &AppState, live: &[(Arc<Campaign>, Arc<ClaimTally>)]) -> String {
     let mut out = String::with_capacity(16 * 1024);
-    s.http_metrics.render(&mut out);
+    s.http_metrics.render(&mut out, live);
 
     let limits = &s.protection.limits;
     family(&mut out, "flashgrab_rate_limited_total", "counter", "Requests refused with 429, by limit.");
@@ -426,26 +410,37 @@ pub fn worker_router(metrics: Arc<PipelineMetrics>) -> axum::Router {
 
 /// `GET /metrics`.
 pub async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
-    let mut out = render(&s);
-    stock_remaining(&s, &mut out).await;
+    let live = live_campaigns(&s).await;
+    // This instance's counters sit in its cached copy of the terms (only a
+    // campaign claimed here is cached); the names come from MySQL.
+    let tallies: Vec<_> =
+        live.iter().filter_map(|c| s.campaigns.cached(&c.id).map(|cached| (c.clone(), cached.tally.clone()))).collect();
+    let mut out = render(&s, &tallies);
+    stock_remaining(&s, &live, &mut out).await;
     ([(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out)
 }
 
-/// Live campaigns watched by the stock gauge per scrape, at most.
+/// Live campaigns labelled per scrape, at most (the stock gauge and the
+/// `campaign` label of the claim counter): the label set stays bounded.
 const STOCK_GAUGE_CAMPAIGNS: usize = 50;
+
+/// The newest live campaigns (none when MySQL is down: a scrape must not
+/// fail with the backends).
+async fn live_campaigns(s: &AppState) -> Vec<Arc<Campaign>> {
+    let now = chrono::Utc::now();
+    let Ok(terms) = s.campaigns.list_terms().await else { return Vec::new() };
+    terms
+        .into_iter()
+        .filter(|c| c.closed_at.is_none() && c.starts_at <= now && now < c.ends_at)
+        .take(STOCK_GAUGE_CAMPAIGNS)
+        .collect()
+}
 
 /// `flashgrab_stock_remaining{campaign_id}` of the live campaigns (read
 /// from the shards at scrape time, so every instance reports the same
 /// value: aggregate with max, not sum). Left out when a store is down: a
 /// scrape must not fail with the backends.
-async fn stock_remaining(s: &AppState, out: &mut String) {
-    let now = chrono::Utc::now();
-    let Ok(terms) = s.campaigns.list_terms().await else { return };
-    let live: Vec<_> = terms
-        .into_iter()
-        .filter(|c| c.closed_at.is_none() && c.starts_at <= now && now < c.ends_at)
-        .take(STOCK_GAUGE_CAMPAIGNS)
-        .collect();
+async fn stock_remaining(s: &AppState, live: &[Arc<Campaign>], out: &mut String) {
     let reads = live.iter().map(|c| s.stock.shard_stats(c));
     let Ok(stats) = futures_util::future::try_join_all(reads).await else { return };
     family(
@@ -456,7 +451,12 @@ async fn stock_remaining(s: &AppState, out: &mut String) {
     );
     for (c, shards) in live.iter().zip(stats) {
         let remaining: u64 = shards.iter().map(|sh| sh.remaining).sum();
-        let _ = writeln!(out, "flashgrab_stock_remaining{{campaign_id=\"{}\"}} {remaining}", c.id);
+        let _ = writeln!(
+            out,
+            "flashgrab_stock_remaining{{campaign_id=\"{}\",campaign=\"{}\"}} {remaining}",
+            c.id,
+            label_value(&c.name)
+        );
     }
 }
 
@@ -474,7 +474,7 @@ mod tests {
         m.claim(ClaimLabel::Granted, Duration::from_micros(700));
         m.claim(ClaimLabel::Granted, Duration::from_secs(20));
         let mut out = String::new();
-        m.render(&mut out);
+        m.render(&mut out, &[]);
         assert!(out.contains("flashgrab_http_requests_total{route=\"/v1/campaigns/{id}/claim\",status=\"201\"} 2\n"));
         assert!(out.contains("flashgrab_http_requests_total{route=\"unmatched\",status=\"404\"} 1\n"));
         assert!(out.contains("flashgrab_claims_total{outcome=\"granted\"} 2\n"));
@@ -483,5 +483,29 @@ mod tests {
         assert!(out.contains("flashgrab_claim_duration_seconds_bucket{outcome=\"granted\",le=\"+Inf\"} 2\n"));
         assert!(out.contains("flashgrab_claim_duration_seconds_count{outcome=\"granted\"} 2\n"));
         assert!(!out.contains("status=\"42\""));
+    }
+
+    #[test]
+    fn live_campaigns_get_their_own_series_and_the_rest_stays_unlabelled() {
+        let m = HttpMetrics::default();
+        for _ in 0..5 {
+            m.claim(ClaimLabel::Granted, Duration::from_micros(700));
+        }
+        m.claim(ClaimLabel::SoldOut, Duration::from_micros(10));
+        let tally = Arc::new(ClaimTally::default());
+        for _ in 0..3 {
+            tally.count(ClaimLabel::Granted);
+        }
+        let c = Arc::new(crate::domain::change::tests_support::campaign("Double \"11\"\nnow"));
+        let mut out = String::new();
+        m.render(&mut out, &[(c.clone(), tally)]);
+        let labelled = format!(
+            "flashgrab_claims_total{{outcome=\"granted\",campaign=\"Double \\\"11\\\"\\nnow\",campaign_id=\"{}\"}} 3\n",
+            c.id
+        );
+        assert!(out.contains(&labelled), "{out}");
+        assert!(out.contains("flashgrab_claims_total{outcome=\"granted\"} 2\n"));
+        assert!(out.contains("flashgrab_claims_total{outcome=\"sold_out\"} 1\n"));
+        assert!(!out.contains("outcome=\"sold_out\",campaign="), "no series for an outcome the campaign never had");
     }
 }

@@ -8,9 +8,11 @@
 
 mod campaigns;
 mod claims;
+pub mod console;
 mod coupons;
 mod error;
 mod extract;
+mod live;
 pub mod metrics;
 pub mod openapi;
 mod ops;
@@ -33,7 +35,7 @@ pub use extract::parse_json;
 use crate::auth::JwtKeys;
 use crate::db::Db;
 use crate::health::AmqpProbe;
-use crate::service::{CampaignService, ClaimService, CouponService, ReportService};
+use crate::service::{CampaignService, ClaimService, CouponService, LiveHub, ReportService};
 use crate::stock::StockStore;
 
 /// Request bodies above this are refused with 413.
@@ -48,6 +50,8 @@ pub struct AppInner {
     pub claims: ClaimService,
     pub coupons: CouponService,
     pub reports: ReportService,
+    /// Producers of the event streams (`/live`, `/events`).
+    pub live: LiveHub,
     pub admin_token: String,
     pub jwt: JwtKeys,
     pub stock: StockStore,
@@ -134,8 +138,15 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(ops::readyz))
         .route("/openapi.json", get(openapi::openapi_json))
         .route("/metrics", get(metrics::metrics))
+        .route("/console", get(console::index))
+        .route("/console/", get(console::index_slash))
+        .route("/console/app.js", get(console::app_js))
+        .route("/console/app.css", get(console::app_css))
         .route("/v1/campaigns", post(campaigns::create).get(campaigns::list))
-        .route("/v1/campaigns/{id}", get(campaigns::get_one))
+        .route("/v1/campaigns/{id}", get(campaigns::get_one).patch(campaigns::patch))
+        .route("/v1/campaigns/{id}/live", get(live::live))
+        .route("/v1/campaigns/{id}/events", get(live::events))
+        .route("/v1/campaigns/{id}/claims.csv", get(campaigns::claims_csv))
         .route("/v1/campaigns/{id}/close", post(campaigns::close))
         .route("/v1/campaigns/{id}/stats", get(campaigns::stats))
         .route("/v1/campaigns/{id}/report", get(reports::report))

@@ -20,6 +20,7 @@ use crate::domain::campaign::{
     AppliesTo, AppliesToRequest, CampaignStatus, CouponRequest, CouponTerms, CreateCampaignRequest, Discount,
     DiscountRequest,
 };
+use crate::domain::change::PatchCampaignRequest;
 use crate::domain::order::{OrderLineRequest, RedeemRequest, ReleaseRequest};
 use crate::service::claims::CouponStatus;
 
@@ -44,7 +45,9 @@ pub struct ErrorBody {
     /// `not_yet_valid`.
     #[schema(format = DateTime)]
     valid_from: Option<String>,
-    /// `not_applicable`: `min_spend` or `no_eligible_items`.
+    /// `not_applicable`: `min_spend` or `no_eligible_items`; `invalid_change`:
+    /// `ended`, `ends_at_earlier`, `ends_at_out_of_range`, `below_claimed`,
+    /// `stock_decrease`.
     reason: Option<String>,
 }
 
@@ -68,9 +71,41 @@ pub struct Campaign {
     closed_at: Option<String>,
 }
 
+/// One page, newest first.
 #[derive(ToSchema)]
 pub struct CampaignList {
     campaigns: Vec<Campaign>,
+    /// Pass as `cursor` for the next (older) page; `null` on the last page.
+    next_cursor: Option<String>,
+}
+
+/// `event: stats` of `GET /v1/campaigns/{id}/live`: the stats body plus
+/// the moment it was read.
+#[derive(ToSchema)]
+pub struct LiveStats {
+    campaign_id: String,
+    name: String,
+    status: CampaignStatus,
+    total_stock: u64,
+    remaining: u64,
+    claimed: u64,
+    persisted: u64,
+    redeemed: u64,
+    discount_total_cents: i64,
+    shards: Vec<ShardStats>,
+    #[schema(format = DateTime)]
+    at: String,
+    /// Claims of the campaign that reached this instance so far (any outcome).
+    attempts_here: u64,
+}
+
+/// `event: status` of `GET /v1/campaigns/{id}/events`.
+#[derive(ToSchema)]
+pub struct StatusEvent {
+    status: CampaignStatus,
+    /// Units left, rounded down to two significant digits (exact below 100;
+    /// 0 only when none is left).
+    remaining_approx: u64,
 }
 
 #[derive(ToSchema)]
@@ -145,6 +180,13 @@ pub struct MinuteClaims {
 }
 
 #[derive(ToSchema)]
+pub struct SecondClaims {
+    #[schema(format = DateTime)]
+    second: String,
+    claims: u64,
+}
+
+#[derive(ToSchema)]
 pub struct TopEntry {
     id: String,
     /// Redeemed coupons whose order had it (among the lines the coupon applied to).
@@ -174,6 +216,9 @@ pub struct CampaignReport {
     sold_out_after_ms: Option<i64>,
     /// Persisted claims per minute.
     claims_per_minute: Vec<MinuteClaims>,
+    /// The same per second, for drops whose claims span at most an hour
+    /// (empty otherwise).
+    claims_per_second: Vec<SecondClaims>,
     redeemed: u64,
     /// `redeemed / claimed`.
     redemption_rate: f64,
@@ -208,10 +253,13 @@ fn metrics() {}
 fn openapi_doc() {}
 
 #[utoipa::path(post, path = "/v1/campaigns", tag = "campaigns", security(("admin_token" = [])),
+    params(("Idempotency-Key" = Option<String>, Header, description = "1..=64 chars: the same key with the same body answers the campaign made the first time (200); with another body 409 `idempotency_conflict`")),
     request_body = CreateCampaignRequest,
     responses(
         (status = 201, description = "created", body = Campaign),
+        (status = 200, description = "made before by a request with this Idempotency-Key and this body", body = Campaign),
         (status = 400, description = "`invalid_request` with `field`", body = ErrorBody),
+        (status = 409, description = "`idempotency_conflict`: the key was used with another body", body = ErrorBody),
         (status = 401, description = "`unauthorized`", body = ErrorBody),
         (status = 413, description = "`payload_too_large`: over 64 KiB", body = ErrorBody),
         (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
@@ -220,8 +268,12 @@ fn openapi_doc() {}
 fn create_campaign() {}
 
 #[utoipa::path(get, path = "/v1/campaigns", tag = "campaigns", security(("admin_token" = [])),
+    params(
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "page size, default 100"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page")),
     responses(
-        (status = 200, description = "newest first", body = CampaignList),
+        (status = 200, description = "newest first, one page", body = CampaignList),
+        (status = 400, description = "`invalid_request` (`limit`, `cursor`)", body = ErrorBody),
         (status = 401, description = "`unauthorized`", body = ErrorBody),
         (status = 429, description = "`rate_limited`", body = ErrorBody, headers(("Retry-After" = u64))),
         (status = 503, description = "`unavailable`", body = ErrorBody, headers(("Retry-After" = u64)))))]
@@ -236,6 +288,55 @@ fn list_campaigns() {}
         (status = 429, description = "`rate_limited`", body = ErrorBody, headers(("Retry-After" = u64))),
         (status = 503, description = "`unavailable`", body = ErrorBody, headers(("Retry-After" = u64)))))]
 fn get_campaign() {}
+
+#[utoipa::path(patch, path = "/v1/campaigns/{id}", tag = "campaigns", security(("admin_token" = [])),
+    params(("id" = String, Path, description = "campaign id")),
+    request_body = PatchCampaignRequest,
+    responses(
+        (status = 200, description = "changed (a top-up is spread over the shards; remaining + claimed == total_stock at rest)", body = Campaign),
+        (status = 400, description = "`invalid_request` with `field`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`campaign_not_found`", body = ErrorBody),
+        (status = 409, description = "`invalid_change` with `reason`: `ended`, `ends_at_earlier`, `ends_at_out_of_range`, `below_claimed`, `stock_decrease`", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
+        (status = 429, description = "`rate_limited`", body = ErrorBody, headers(("Retry-After" = u64))),
+        (status = 503, description = "`unavailable`", body = ErrorBody, headers(("Retry-After" = u64)))))]
+fn patch_campaign() {}
+
+#[utoipa::path(get, path = "/v1/campaigns/{id}/live", tag = "campaigns", security(("admin_token" = [])),
+    params(("id" = String, Path, description = "campaign id")),
+    responses(
+        (status = 200, description = "Server-Sent Events: `event: stats`, `data:` a LiveStats object, once a second", body = LiveStats, content_type = "text/event-stream"),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`campaign_not_found`", body = ErrorBody),
+        (status = 429, description = "`rate_limited`", body = ErrorBody, headers(("Retry-After" = u64))),
+        (status = 503, description = "`unavailable` (also: too many campaigns watched on this instance)", body = ErrorBody, headers(("Retry-After" = u64)))))]
+fn campaign_live() {}
+
+#[utoipa::path(get, path = "/v1/campaigns/{id}/events", tag = "claims", security(("user_jwt" = [])),
+    params(("id" = String, Path, description = "campaign id")),
+    responses(
+        (status = 200, description = "Server-Sent Events: `event: status`, `data:` a StatusEvent, at once and on every change (status, or the rounded stock; at most 4 a second)", body = StatusEvent, content_type = "text/event-stream"),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`campaign_not_found`", body = ErrorBody),
+        (status = 429, description = "`rate_limited`", body = ErrorBody, headers(("Retry-After" = u64))),
+        (status = 503, description = "`unavailable`", body = ErrorBody, headers(("Retry-After" = u64)))))]
+fn campaign_events() {}
+
+#[utoipa::path(get, path = "/v1/campaigns/{id}/claims.csv", tag = "campaigns", security(("admin_token" = [])),
+    params(("id" = String, Path, description = "campaign id")),
+    responses(
+        (status = 200, description = "one row per persisted claim, streamed: `coupon_id,user_id,claimed_at,status,order_id,redeemed_at,discount_cents` (status `claimed`, `redeemed` or `expired`)", body = String, content_type = "text/csv"),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`campaign_not_found`", body = ErrorBody),
+        (status = 429, description = "`rate_limited`", body = ErrorBody, headers(("Retry-After" = u64))),
+        (status = 503, description = "`unavailable`", body = ErrorBody, headers(("Retry-After" = u64)))))]
+fn claims_csv() {}
+
+#[utoipa::path(get, path = "/console", tag = "console",
+    responses((status = 200, description = "the marketing console (HTML; reads everything through the admin API with the token the user enters; CSP default-src 'self')", body = String, content_type = "text/html")))]
+fn console() {}
 
 #[utoipa::path(post, path = "/v1/campaigns/{id}/close", tag = "campaigns", security(("admin_token" = [])),
     params(("id" = String, Path, description = "campaign id")),
@@ -361,12 +462,14 @@ impl Modify for SecuritySchemes {
 #[openapi(
     info(title = "flashgrab", description = "Timed coupon drops: campaigns, claims, redemption (API.md v1)."),
     paths(
-        healthz, readyz, metrics, openapi_doc, create_campaign, list_campaigns, get_campaign, close_campaign,
-        campaign_stats, campaign_report, claim, my_coupons, my_coupon, redeem, release
+        healthz, readyz, metrics, openapi_doc, console, create_campaign, list_campaigns, get_campaign,
+        patch_campaign, close_campaign, campaign_stats, campaign_report, campaign_live, claims_csv, claim,
+        campaign_events, my_coupons, my_coupon, redeem, release
     ),
     components(schemas(
         ErrorBody, Campaign, CampaignList, CampaignStats, ShardStats, Coupon, CouponList, Redemption,
-        CampaignReport, MinuteClaims, TopEntry, Readiness, CreateCampaignRequest, CouponRequest,
+        CampaignReport, MinuteClaims, SecondClaims, TopEntry, Readiness, CreateCampaignRequest, CouponRequest,
+        PatchCampaignRequest, LiveStats, StatusEvent,
         DiscountRequest, AppliesToRequest, RedeemRequest, OrderLineRequest, ReleaseRequest, Discount,
         AppliesTo, CouponTerms, CampaignStatus, CouponStatus
     )),
@@ -375,6 +478,7 @@ impl Modify for SecuritySchemes {
         (name = "campaigns", description = "marketing (admin token)"),
         (name = "claims", description = "the app (user JWT)"),
         (name = "coupons", description = "the app (user JWT)"),
+        (name = "console", description = "the marketing console (its data needs the admin token)"),
         (name = "operations", description = "no auth")
     )
 )]

@@ -28,6 +28,9 @@ pub fn report_json(r: &CampaignReport) -> Value {
         "claims_per_minute": r.timeline.per_minute.iter()
             .map(|(m, n)| json!({"minute": rfc3339(*m), "claims": n}))
             .collect::<Vec<_>>(),
+        "claims_per_second": r.timeline.per_second.iter()
+            .map(|(t, n)| json!({"second": rfc3339(*t), "claims": n}))
+            .collect::<Vec<_>>(),
         "redeemed": s.redeemed, "redemption_rate": r.redemption_rate,
         "discount_total_cents": s.discount_total_cents,
         "top_products": top_json(&r.top_products), "top_categories": top_json(&r.top_categories),

@@ -322,6 +322,7 @@ mod tests {
             },
             shard_buckets: vec![0, 1, 2],
             created_at: t("2025-12-31T00:00:00Z"),
+            tally: Default::default(),
         }
     }
 

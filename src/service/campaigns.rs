@@ -17,6 +17,10 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
+mod changes;
+
+pub use changes::{Created, Patched};
+
 use super::Result;
 use crate::db::Db;
 use crate::domain::{Campaign, CampaignId, CampaignStatus, NewCampaign};
@@ -82,6 +86,13 @@ impl CampaignCache {
         entries.insert(c.id.clone(), (Instant::now(), c));
     }
 
+    /// Ids of the cached campaigns not closed (those whose terms may still
+    /// change).
+    fn open_ids(&self) -> Vec<CampaignId> {
+        let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
+        entries.iter().filter(|(_, (_, c))| c.closed_at.is_none()).map(|(id, _)| id.clone()).collect()
+    }
+
     fn forget(&self, id: &CampaignId) {
         self.entries.write().unwrap_or_else(|e| e.into_inner()).remove(id);
     }
@@ -108,12 +119,20 @@ impl CampaignService {
     }
 
     pub async fn create(&self, new: NewCampaign, now: DateTime<Utc>) -> Result<CampaignView> {
+        let campaign = self.build(new, now).await?;
+        self.stock.init_campaign(&campaign).await?;
+        self.db.insert_campaign(&campaign).await?;
+        Ok(self.created(campaign, now))
+    }
+
+    /// A new campaign's row: its id and the placement of its shards.
+    async fn build(&self, new: NewCampaign, now: DateTime<Utc>) -> Result<Campaign> {
         let id = CampaignId::generate();
         let map = self.stock.slot_map().await?;
         let shards = new.shards.unwrap_or_else(|| default_shards(new.total_stock, map.masters().len()));
         let shard_buckets =
             place_shards(self.stock.keys(), &map, shards, seed_of(&id)).map_err(crate::stock::StockError::from)?;
-        let campaign = Campaign {
+        Ok(Campaign {
             id,
             name: new.name,
             total_stock: new.total_stock,
@@ -124,14 +143,17 @@ impl CampaignService {
             coupon: new.coupon,
             shard_buckets,
             created_at: now,
-        };
-        self.stock.init_campaign(&campaign).await?;
-        self.db.insert_campaign(&campaign).await?;
+            tally: Default::default(),
+        })
+    }
+
+    /// Caches a campaign just written and answers it.
+    fn created(&self, campaign: Campaign, now: DateTime<Utc>) -> CampaignView {
         let campaign = Arc::new(campaign);
         self.cache.put(campaign.clone());
-        tracing::info!(campaign = %campaign.id, shards, stock = campaign.total_stock, "campaign created");
+        tracing::info!(campaign = %campaign.id, shards = campaign.shards(), stock = campaign.total_stock, "campaign created");
         let status = campaign.status_at(now, false);
-        Ok(CampaignView { campaign, status })
+        CampaignView { campaign, status }
     }
 
     /// The campaign's terms, from the cache when fresh. When MySQL cannot be
@@ -150,7 +172,11 @@ impl CampaignService {
     /// `find` on a cache miss: MySQL, else a stale copy while MySQL is down.
     async fn load(&self, id: &CampaignId) -> Result<Option<Arc<Campaign>>> {
         match self.db.get_campaign(id).await {
-            Ok(Some(c)) => {
+            Ok(Some(mut c)) => {
+                // The claim counters live on across refreshes of the terms.
+                if let Some(old) = self.cache.get_stale(id) {
+                    c.tally = old.tally.clone();
+                }
                 let c = Arc::new(c);
                 self.cache.put(c.clone());
                 Ok(Some(c))

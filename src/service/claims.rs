@@ -16,6 +16,7 @@ use crate::db::Db;
 use crate::db::coupons::{CouponRow, Redemption, RowStatus, UserCouponsQuery};
 use crate::domain::campaign::{AppliesTo, Discount};
 use crate::domain::{Campaign, CampaignId, CouponId, CouponRecord, UserId};
+use crate::metrics::{ClaimLabel, ClaimTally};
 use crate::protect::Protection;
 use crate::stock::broadcast::Notice;
 use crate::stock::{ClaimOutcome, StockStore};
@@ -94,22 +95,46 @@ pub enum ClaimResult {
     CampaignNotFound,
 }
 
+impl ClaimResult {
+    /// The `outcome` label of `flashgrab_claims_total` for this answer (the
+    /// HTTP layer labels the same answer the same way).
+    pub fn label(&self) -> ClaimLabel {
+        match self {
+            ClaimResult::Granted(_) => ClaimLabel::Granted,
+            ClaimResult::Replayed(_) => ClaimLabel::Replayed,
+            ClaimResult::AlreadyClaimed { .. } => ClaimLabel::AlreadyClaimed,
+            ClaimResult::LimitReached { .. } => ClaimLabel::LimitReached,
+            ClaimResult::NotStarted { .. } => ClaimLabel::NotStarted,
+            ClaimResult::Ended => ClaimLabel::Ended,
+            ClaimResult::SoldOut => ClaimLabel::SoldOut,
+            ClaimResult::Busy => ClaimLabel::Unavailable,
+            ClaimResult::CampaignNotFound => ClaimLabel::NotFound,
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct ClaimService {
     campaigns: CampaignService,
     stock: StockStore,
     db: Db,
-    /// Campaigns this instance has seen sold out. Stock never comes back
-    /// once every shard is empty and nothing is in flight (there is no
-    /// restocking, transfers conserve units), so later claims are answered
-    /// from memory: after a sell-out most of a drop's traffic is 410s, and
-    /// each would otherwise cost a script and two scans of every shard.
-    /// Also filled by the `sold_out` notices of other instances.
-    sold_out: Arc<std::sync::RwLock<std::collections::HashSet<CampaignId>>>,
+    /// Campaigns this instance has seen sold out, with their claim
+    /// counters (so the answers from memory are counted per campaign with
+    /// no second lookup). Stock never comes back once every shard is empty
+    /// and nothing is in flight (transfers conserve units), except by a
+    /// top-up (`PATCH`), whose `changed` notice takes the campaign out of
+    /// here; so later claims are answered from memory: after a sell-out
+    /// most of a drop's traffic is 410s, and each would otherwise cost a
+    /// script and two scans of every shard. Also filled by the `sold_out`
+    /// notices of other instances.
+    sold_out: Arc<std::sync::RwLock<SoldOut>>,
     /// Claim rate and admission bound, applied behind the fast paths: a
     /// claim answered from memory costs the backends nothing.
     protection: Arc<Protection>,
 }
+
+/// Campaigns known sold out, and their claim counters (if cached here).
+type SoldOut = std::collections::HashMap<CampaignId, Option<Arc<ClaimTally>>>;
 
 /// Bound of the sold-out set (cleared when full; it only saves work).
 const SOLD_OUT_CAPACITY: usize = 10_000;
@@ -126,17 +151,29 @@ impl ClaimService {
     }
 
     fn is_sold_out(&self, id: &CampaignId) -> bool {
-        self.sold_out.read().unwrap_or_else(|e| e.into_inner()).contains(id)
+        self.sold_out.read().unwrap_or_else(|e| e.into_inner()).contains_key(id)
+    }
+
+    /// A top-up brought stock back (or may have: see `Notice::Changed`).
+    pub fn forget_sold_out(&self, id: &CampaignId) {
+        self.sold_out.write().unwrap_or_else(|e| e.into_inner()).remove(id);
+    }
+
+    /// Forgets every sell-out (a `changed` notice may have been missed;
+    /// the next claims find out again with one script call).
+    pub fn forget_sold_outs(&self) {
+        self.sold_out.write().unwrap_or_else(|e| e.into_inner()).clear();
     }
 
     /// Remembers that `id` sold out (this instance saw it, or another one
     /// said so: see `stock::broadcast`).
     pub fn mark_sold_out(&self, id: &CampaignId) {
+        let tally = self.campaigns.cached(id).map(|c| c.tally.clone());
         let mut set = self.sold_out.write().unwrap_or_else(|e| e.into_inner());
         if set.len() >= SOLD_OUT_CAPACITY {
             set.clear();
         }
-        set.insert(id.clone());
+        set.insert(id.clone(), tally);
     }
 
     pub async fn claim(
@@ -163,13 +200,21 @@ impl ClaimService {
     ) -> Option<ClaimResult> {
         // A retry with an Idempotency-Key must still find its coupon, so only
         // key-less claims take the shortcut.
-        if idempotency_key.is_none() && self.is_sold_out(campaign_id) {
+        if idempotency_key.is_none()
+            && let Some(tally) = self.sold_out.read().unwrap_or_else(|e| e.into_inner()).get(campaign_id)
+        {
+            if let Some(t) = tally {
+                t.count(ClaimLabel::SoldOut);
+            }
             return Some(ClaimResult::SoldOut);
         }
         // Before the start, after the end, once closed: from the cached
         // terms. After the end only without a key: a keyed retry of a claim
         // granted in time must reach the script, which replays it.
-        self.campaigns.cached(campaign_id).and_then(|c| window_answer_for(&c, idempotency_key, now))
+        let c = self.campaigns.cached(campaign_id)?;
+        let answer = window_answer_for(&c, idempotency_key, now)?;
+        c.tally.count(answer.label());
+        Some(answer)
     }
 
     async fn claim_from_redis(
@@ -188,11 +233,12 @@ impl ClaimService {
             return Ok(ClaimResult::CampaignNotFound);
         };
         if let Some(answer) = window_answer_for(&campaign, idempotency_key, now) {
+            campaign.tally.count(answer.label());
             return Ok(answer);
         }
         let coupon = CouponId::generate();
         let outcome = self.stock.claim(&campaign, user, &coupon, idempotency_key).await?;
-        Ok(match outcome {
+        let result = match outcome {
             ClaimOutcome::Granted(r) => ClaimResult::Granted(CouponView::new(&r, &campaign, None, now)),
             ClaimOutcome::Replayed(r) => {
                 let redemption = self.redemption_of(&r.id).await;
@@ -231,7 +277,9 @@ impl ClaimService {
             ClaimOutcome::Missing => {
                 Box::pin(self.answer_without_shards(&campaign, user, idempotency_key, now)).await?
             }
-        })
+        };
+        campaign.tally.count(result.label());
+        Ok(result)
     }
 
     /// A claim that found no shard in Redis. An archived campaign (see

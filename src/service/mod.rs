@@ -6,12 +6,14 @@ pub mod archive;
 pub mod campaigns;
 pub mod claims;
 pub mod coupons;
+pub mod live;
 pub mod reports;
 
 pub use archive::{ArchiveOutcome, ArchiveService};
 pub use campaigns::{CampaignService, CampaignStats, CampaignView};
 pub use claims::{ClaimResult, ClaimService, CouponView};
 pub use coupons::{CouponService, RedeemResult, ReleaseResult};
+pub use live::LiveHub;
 pub use reports::{CampaignReport, ReportService};
 
 use crate::db::DbError;

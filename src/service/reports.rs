@@ -45,11 +45,66 @@ pub fn rate(part: u64, whole: u64) -> f64 {
 pub struct ReportService {
     campaigns: CampaignService,
     db: Db,
+    /// Slots of [`CSV_EXPORTS`].
+    exports: std::sync::Arc<tokio::sync::Semaphore>,
 }
+
+/// Chunks of the CSV export in flight between the query and the client,
+/// at most (each about [`CSV_CHUNK`] bytes): the query waits for a slow
+/// client instead of buffering.
+const CSV_CHUNKS_IN_FLIGHT: usize = 4;
+/// Bytes of CSV per chunk sent.
+const CSV_CHUNK: usize = 64 * 1024;
+/// Exports running at once per instance, at most: each holds a MySQL
+/// connection for as long as its client reads, and the pool is shared
+/// with everything else (one more is refused with 503).
+pub const CSV_EXPORTS: usize = 2;
+
+/// The CSV export as it is produced: chunks, or the error that cut it.
+pub type CsvChunks = tokio::sync::mpsc::Receiver<std::result::Result<bytes::Bytes, crate::db::DbError>>;
 
 impl ReportService {
     pub fn new(campaigns: CampaignService, db: Db) -> Self {
-        Self { campaigns, db }
+        Self { campaigns, db, exports: std::sync::Arc::new(tokio::sync::Semaphore::new(CSV_EXPORTS)) }
+    }
+
+    /// The persisted claims of `id` as CSV (`db::exports`), produced by a
+    /// task that streams the rows from MySQL into a small bounded channel;
+    /// dropping the receiver (the client went away) stops the query. At
+    /// most [`CSV_EXPORTS`] at once (then `Shed`: 503). `None`: no such
+    /// campaign.
+    pub async fn claims_csv(&self, id: &CampaignId, now: DateTime<Utc>) -> Result<Option<CsvChunks>> {
+        if self.db.get_campaign(id).await?.is_none() {
+            return Ok(None);
+        }
+        let slot = self.exports.clone().try_acquire_owned().map_err(|_| crate::protect::admission::Shed)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(CSV_CHUNKS_IN_FLIGHT);
+        let (db, id) = (self.db.clone(), id.clone());
+        tokio::spawn(async move {
+            let _slot = slot;
+            use futures_util::StreamExt;
+            let mut out = String::with_capacity(CSV_CHUNK + 256);
+            out.push_str(crate::db::exports::CSV_HEADER);
+            let mut rows = std::pin::pin!(db.export_rows(id.as_str()));
+            while let Some(row) = rows.next().await {
+                match row {
+                    Ok(r) => r.write_csv(&mut out, now),
+                    Err(e) => {
+                        tracing::warn!(error = %e, campaign = %id, "claims export cut short");
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                }
+                if out.len() >= CSV_CHUNK {
+                    let chunk = bytes::Bytes::from(std::mem::replace(&mut out, String::with_capacity(CSV_CHUNK + 256)));
+                    if tx.send(Ok(chunk)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            let _ = tx.send(Ok(bytes::Bytes::from(out))).await;
+        });
+        Ok(Some(rx))
     }
 
     pub async fn report(&self, id: &CampaignId, now: DateTime<Utc>) -> Result<Option<CampaignReport>> {

@@ -1,5 +1,5 @@
 //! Notices between instances over Redis pub/sub: "campaign X sold out",
-//! "campaign X was closed".
+//! "campaign X was closed", "campaign X changed" (`PATCH`).
 //!
 //! Each instance keeps in memory what lets it answer without Redis (the
 //! sold-out set, the campaign cache). When one instance learns that a
@@ -14,7 +14,10 @@
 //! reconnecting is lost to it. That costs speed, never correctness: the
 //! claim script enforces the window and the `closed` flag, and an instance
 //! that missed a sell-out finds it out itself on the next claim (one script
-//! call), exactly as it would with no broadcast.
+//! call), exactly as it would with no broadcast. Each (re)subscription is
+//! reported to the instance (`Notice::Resubscribed`), which then forgets its
+//! sell-outs and reloads its open campaigns' terms: what a missed `changed`
+//! notice would have told it.
 
 use std::time::Duration;
 
@@ -33,6 +36,13 @@ pub enum Notice {
     SoldOut(CampaignId),
     /// The campaign was closed by an admin.
     Closed(CampaignId),
+    /// The campaign's terms changed (`PATCH`: a name, a later end, a
+    /// top-up): reload them, and forget a sell-out (a top-up brings stock
+    /// back).
+    Changed(CampaignId),
+    /// Not sent by anyone: handed to `apply` after every (re)subscription,
+    /// since notices sent while the subscriber was away are lost to it.
+    Resubscribed,
 }
 
 impl Notice {
@@ -40,6 +50,8 @@ impl Notice {
         match self {
             Notice::SoldOut(id) => format!("sold_out {id}"),
             Notice::Closed(id) => format!("closed {id}"),
+            Notice::Changed(id) => format!("changed {id}"),
+            Notice::Resubscribed => "resubscribed".to_owned(),
         }
     }
 
@@ -50,6 +62,7 @@ impl Notice {
         match kind {
             "sold_out" => Some(Notice::SoldOut(id)),
             "closed" => Some(Notice::Closed(id)),
+            "changed" => Some(Notice::Changed(id)),
             _ => None,
         }
     }
@@ -123,6 +136,7 @@ impl Subscriber {
         tokio::time::timeout(self.timeout, pubsub.subscribe(&self.channel)).await.map_err(|_| timed_out())??;
         tracing::debug!(%node, channel = %self.channel, "listening for notices");
         backoff.reset();
+        apply(Notice::Resubscribed);
         let mut messages = pubsub.on_message();
         loop {
             let msg = tokio::select! {
@@ -147,7 +161,7 @@ mod tests {
     #[test]
     fn notices_round_trip_and_junk_is_refused() {
         let id = CampaignId::generate();
-        for n in [Notice::SoldOut(id.clone()), Notice::Closed(id.clone())] {
+        for n in [Notice::SoldOut(id.clone()), Notice::Closed(id.clone()), Notice::Changed(id.clone())] {
             assert_eq!(Notice::decode(&n.encode()), Some(n));
         }
         for junk in ["", "sold_out", "sold_out nope", "restock 01JD0000000000000000000000", "closed  x"] {

@@ -39,6 +39,7 @@ pub mod rebalance;
 pub mod reconnect;
 pub mod replication;
 pub mod restore;
+pub mod topup;
 
 use std::sync::Arc;
 use std::time::Duration;

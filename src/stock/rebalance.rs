@@ -164,7 +164,12 @@ impl StockStore {
     /// back: the WAIT counts this script's writes; see `claim_batch`).
     /// Returns the reply and the replicas that acknowledged (None in fast
     /// mode).
-    async fn eval_step(&self, script: &redis::Script, keys: &[&str], args: &[String]) -> Result<(Value, Option<i64>)> {
+    pub(super) async fn eval_step(
+        &self,
+        script: &redis::Script,
+        keys: &[&str],
+        args: &[String],
+    ) -> Result<(Value, Option<i64>)> {
         let mut conn = self.conn.get();
         match self.durability {
             Durability::Fast => {
@@ -197,7 +202,7 @@ impl StockStore {
     }
 
     /// The error for a step no replica acknowledged (`replicated` mode).
-    fn check_acked(&self, id: &str, step: &'static str, acked: Option<i64>) -> Result<()> {
+    pub(super) fn check_acked(&self, id: &str, step: &'static str, acked: Option<i64>) -> Result<()> {
         match (acked, self.durability) {
             (Some(acked), Durability::Replicated { wait }) if acked < 1 => {
                 tracing::warn!(

@@ -9,6 +9,7 @@ mod archive;
 mod campaigns;
 mod claims;
 mod concurrency;
+mod console;
 mod holdings;
 mod ops;
 mod persistence;

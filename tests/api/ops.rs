@@ -61,13 +61,19 @@ async fn openapi_document_covers_the_contract() {
         ("/v1/me/coupons/{coupon_id}", "get"),
         ("/v1/coupons/{coupon_id}/redeem", "post"),
         ("/v1/coupons/{coupon_id}/release", "post"),
+        // The console's additions (issue 17).
+        ("/console", "get"),
+        ("/v1/campaigns/{id}", "patch"),
+        ("/v1/campaigns/{id}/live", "get"),
+        ("/v1/campaigns/{id}/claims.csv", "get"),
+        ("/v1/campaigns/{id}/events", "get"),
     ];
     for (path, method) in want {
         let op = &doc["paths"][path][method];
         assert!(op.is_object(), "{method} {path} is missing");
         if path.starts_with("/v1/") {
-            let scheme =
-                if path.starts_with("/v1/campaigns") && !path.ends_with("/claim") { "admin_token" } else { "user_jwt" };
+            let app_route = path.ends_with("/claim") || path.ends_with("/events");
+            let scheme = if path.starts_with("/v1/campaigns") && !app_route { "admin_token" } else { "user_jwt" };
             assert!(op["security"][0][scheme].is_array(), "{method} {path} lacks {scheme}");
             assert!(op["responses"]["401"].is_object(), "{method} {path} lacks 401");
         }

@@ -54,6 +54,7 @@ async fn unstorable_campaign(
         },
         shard_buckets,
         created_at: now,
+        tally: Default::default(),
     };
     app.stock.init_campaign(&c).await.unwrap();
     app.state.db.insert_campaign(&c).await.unwrap();

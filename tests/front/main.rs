@@ -64,6 +64,17 @@ fn metric(text: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// The sum of every `flashgrab_claims_total` series of `outcome` (with and
+/// without the `campaign` label: the family's total).
+fn claims_of(text: &str, outcome: &str) -> f64 {
+    let with_label = format!("flashgrab_claims_total{{outcome=\"{outcome}\",");
+    let without = format!("flashgrab_claims_total{{outcome=\"{outcome}\"}} ");
+    text.lines()
+        .filter(|l| l.starts_with(&with_label) || l.starts_with(&without))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 fn retry_after(r: &reqwest::Response) -> Option<u64> {
     r.headers().get("retry-after")?.to_str().ok()?.parse().ok()
 }
@@ -506,7 +517,7 @@ async fn fast_paths_and_the_sold_out_broadcast_never_touch_redis() {
     assert_eq!(replay.1["id"], kept.1["id"]);
     assert!(cluster.script_calls() > before, "the keyed retry did reach Redis");
     let m = metrics(&app, 1).await;
-    assert!(metric(&m, "flashgrab_claims_total{outcome=\"sold_out\"}") >= 50.0, "{m}");
+    assert!(claims_of(&m, "sold_out") >= 50.0, "{m}");
     app.cleanup().await;
 }
 
@@ -597,8 +608,16 @@ async fn metrics_expose_the_front_end_and_the_pipeline() {
     let m = r.text().await.unwrap();
     assert_eq!(metric(&m, "flashgrab_http_requests_total{route=\"/v1/campaigns/{id}/claim\",status=\"201\"}"), 1.0);
     assert_eq!(metric(&m, "flashgrab_http_requests_total{route=\"/v1/campaigns\",status=\"201\"}"), 1.0);
-    assert_eq!(metric(&m, "flashgrab_claims_total{outcome=\"granted\"}"), 1.0);
-    assert_eq!(metric(&m, "flashgrab_claims_total{outcome=\"already_claimed\"}"), 1.0);
+    // A live campaign's claims carry its name and id; the rest (none here)
+    // stays in the series without them.
+    let labelled = |outcome: &str| {
+        format!("flashgrab_claims_total{{outcome=\"{outcome}\",campaign=\"test drop\",campaign_id=\"{id}\"}}")
+    };
+    assert_eq!(metric(&m, &labelled("granted")), 1.0, "{m}");
+    assert_eq!(metric(&m, &labelled("already_claimed")), 1.0, "{m}");
+    assert_eq!(metric(&m, "flashgrab_claims_total{outcome=\"granted\"}"), 0.0);
+    assert_eq!(claims_of(&m, "granted"), 1.0);
+    assert_eq!(claims_of(&m, "already_claimed"), 1.0);
     assert_eq!(metric(&m, "flashgrab_claim_duration_seconds_count{outcome=\"granted\"}"), 1.0);
     for family in [
         "flashgrab_rate_limited_total",

@@ -2,14 +2,17 @@
 //! that the numbers add up afterwards.
 //!
 //! - `drop`: a timed drop: a burst of users (some double-tapping, some
-//!   retrying) until sell-out and beyond.
+//!   retrying) until sell-out and beyond; by default every arrival in the
+//!   first two seconds (open loop), or `--arrivals`, `--rate`,
+//!   `--closed-loop`.
 //! - `steady`: a fixed arrival rate for a duration (open loop).
 //! - `redeem`: claim, then redeem at checkout pace.
 //! - `tokens`: writes pre-minted user JWTs to a file, one per line, for other
 //!   load generators (the wrk run of `scripts/bench`).
 //!
 //! Every scenario shows progress every second, prints a latency summary per
-//! outcome, writes a JSON and an HTML report, checks the invariants through
+//! outcome, writes a JSON report, the per-second series as CSV beside it and
+//! an HTML report, checks the invariants through
 //! the API (and the database with `--mysql-url`) and exits 1 naming the
 //! broken ones (2 for a usage or setup error). `--slo` adds a launch gate
 //! (`p99<50ms,errors<0.1%,granted==stock`, see `slo`): exit 3 when a
@@ -31,7 +34,9 @@ mod outcome;
 mod persistence;
 mod report;
 mod scenario;
+mod series;
 mod slo;
+mod svg;
 mod tokens;
 
 use std::future::Future;
@@ -54,7 +59,8 @@ struct Cli {
 enum Command {
     /// A timed drop: create a campaign, wait for its start, then a burst of
     /// users (a share double-tapping, a share retrying) until sell-out and
-    /// beyond; check the invariants. Exit 1 if one broke, 3 if a --slo
+    /// beyond; check the invariants. Default load: every arrival in the
+    /// first 2 s, open loop (--arrivals, --rate or --closed-loop for others). Exit 1 if one broke, 3 if a --slo
     /// threshold failed (2: usage or setup error). --campaign ID uses a
     /// staged campaign instead of creating one.
     Drop(scenario::DropArgs),

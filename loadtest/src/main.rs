@@ -9,6 +9,8 @@
 //! - `redeem`: claim, then redeem at checkout pace.
 //! - `tokens`: writes pre-minted user JWTs to a file, one per line, for other
 //!   load generators (the wrk run of `scripts/bench`).
+//! - `export`: a drop's requests for wrk and oha (token feed, wrk script,
+//!   oha command; `scripts/compare-tools` measures them side by side).
 //!
 //! Every scenario shows progress every second, prints a latency summary per
 //! outcome, writes a JSON report, the per-second series as CSV beside it and
@@ -28,6 +30,7 @@ mod arrivals;
 mod client;
 mod db;
 mod engine;
+mod export;
 mod html;
 mod invariants;
 mod outcome;
@@ -72,6 +75,10 @@ enum Command {
     Redeem(scenario::RedeemArgs),
     /// Write pre-minted user JWTs to a file, one per line.
     Tokens(tokens::TokensArgs),
+    /// Write a drop's requests for other load generators: the token feed,
+    /// a wrk script (closed loop or FG_RATE) and an oha command (one user:
+    /// oha cannot vary a header per request).
+    Export(export::ExportArgs),
 }
 
 fn on_runtime(threads: usize, f: impl Future<Output = anyhow::Result<Verdict>>) -> ExitCode {
@@ -94,6 +101,13 @@ fn on_runtime(threads: usize, f: impl Future<Output = anyhow::Result<Verdict>>) 
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Tokens(args) => match tokens::run(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("flashgrab-loadtest: {e:#}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Export(args) => match export::run(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("flashgrab-loadtest: {e:#}");

@@ -29,8 +29,9 @@
 //! Bounded: at most `arrivals` arrivals, none after `duration`, no follow-up
 //! after `duration + grace` (those are counted as abandoned), and every
 //! request has the client's timeout. Workers record into their own
-//! histograms; shared state is a few relaxed atomics and one flag byte per
-//! user.
+//! histograms; shared state is a few relaxed atomics, one flag byte per
+//! user and the per-second series (`series::Recorder`: arrivals by due
+//! second, answers and their latency by the second they arrived).
 
 use std::cmp::Ordering as CmpOrdering;
 use std::collections::BinaryHeap;
@@ -39,15 +40,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::client::{Http, SendError};
+use crate::outcome::{Op, Outcome, Reply, classify};
+use crate::report::Hists;
+use crate::series;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
 use hyper::{Request, Uri};
-use serde::Serialize;
-
-use crate::client::{Http, SendError};
-use crate::outcome::{Op, Outcome, Reply, classify};
-use crate::report::Hists;
 
 /// How much load, for how long.
 #[derive(Debug, Clone)]
@@ -137,15 +137,6 @@ pub mod flag {
     pub const DOUBLE_TAPPED: u8 = 32;
 }
 
-/// Counts of one second of the run (by completion time).
-#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
-pub struct Second {
-    pub requests: u64,
-    pub granted: u64,
-    pub redeemed: u64,
-    pub errors: u64,
-}
-
 pub struct RunResult {
     pub elapsed: Duration,
     pub counts: [[u64; Outcome::COUNT]; Op::COUNT],
@@ -154,7 +145,9 @@ pub struct RunResult {
     pub redemptions: Vec<Redemption>,
     /// One byte of [`flag`] bits per user.
     pub users: Vec<u8>,
-    pub timeline: Vec<Second>,
+    /// Per second of the run: arrivals, answers and their latency (see
+    /// `series`).
+    pub seconds: Vec<series::Raw>,
     /// Arrivals sent.
     pub arrivals: u64,
     /// When the last 201 arrived (time to sell out when the drop sold out).
@@ -221,7 +214,7 @@ struct Shared {
     arrived: AtomicU64,
     counts: [[AtomicU64; Outcome::COUNT]; Op::COUNT],
     users: Vec<AtomicU8>,
-    timeline: Vec<[AtomicU64; 4]>,
+    series: series::Recorder,
     /// Microseconds from the start to the last 201 answer.
     last_grant_us: AtomicU64,
     /// Microseconds from the start to the first 410 `sold_out` (MAX: none).
@@ -284,7 +277,7 @@ pub async fn run(http: Http, target: Target, plan: Plan, behaviour: Behaviour, u
         arrived: AtomicU64::new(0),
         counts: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
         users: (0..users).map(|_| AtomicU8::new(0)).collect(),
-        timeline: (0..seconds).map(|_| std::array::from_fn(|_| AtomicU64::new(0))).collect(),
+        series: series::Recorder::new(seconds),
         last_grant_us: AtomicU64::new(0),
         first_sold_out_us: AtomicU64::new(u64::MAX),
     });
@@ -314,7 +307,7 @@ pub async fn run(http: Http, target: Target, plan: Plan, behaviour: Behaviour, u
     if std::io::stderr().is_terminal() {
         eprintln!();
     }
-    let used = (elapsed.as_secs() as usize + 1).min(shared.timeline.len());
+    let used = elapsed.as_secs() as usize + 1;
     RunResult {
         elapsed,
         counts: std::array::from_fn(|op| std::array::from_fn(|o| shared.counts[op][o].load(Ordering::Relaxed))),
@@ -322,13 +315,7 @@ pub async fn run(http: Http, target: Target, plan: Plan, behaviour: Behaviour, u
         grants: out.grants,
         redemptions: out.redemptions,
         users: shared.users.iter().map(|f| f.load(Ordering::Relaxed)).collect(),
-        timeline: shared.timeline[..used]
-            .iter()
-            .map(|c| {
-                let v = |i: usize| c[i].load(Ordering::Relaxed);
-                Second { requests: v(0), granted: v(1), redeemed: v(2), errors: v(3) }
-            })
-            .collect(),
+        seconds: shared.series.snapshot(used),
         arrivals: shared.arrived.load(Ordering::Relaxed),
         last_grant: match shared.last_grant_us.load(Ordering::Relaxed) {
             0 => None,
@@ -398,6 +385,7 @@ async fn worker(w: usize, s: Arc<Shared>) -> WorkerOut {
                     i
                 };
                 s.arrived.fetch_add(1, Ordering::Relaxed);
+                s.series.arrival(due.saturating_duration_since(s.start));
                 (Action::Claim { user: (i % s.users.len() as u64) as u32, attempt: 0 }, due)
             }
         };
@@ -558,15 +546,7 @@ fn record(s: &Shared, op: Op, outcome: Outcome, from: Instant, detail: Option<St
         }
         _ => {}
     }
-    let sec = (since.as_secs() as usize).min(s.timeline.len() - 1);
-    let t = &s.timeline[sec];
-    t[0].fetch_add(1, Ordering::Relaxed);
-    match outcome {
-        Outcome::Granted => t[1].fetch_add(1, Ordering::Relaxed),
-        Outcome::Redeemed => t[2].fetch_add(1, Ordering::Relaxed),
-        o if o.error() => t[3].fetch_add(1, Ordering::Relaxed),
-        _ => 0,
-    };
+    s.series.answer(since, op, outcome, micros);
     if let Some(d) = detail
         && out.samples.len() < SAMPLES_PER_WORKER
     {

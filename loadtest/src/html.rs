@@ -1,183 +1,38 @@
 //! The HTML report: one self-contained file (inline CSS and SVG, no script,
 //! no external resource) rendered from the same [`Report`] as the JSON.
 //!
-//! Plots: latency distribution per outcome (percentile on a log scale, as
-//! HdrHistogram plots do), requests / grants / errors per second over time,
-//! claimed vs persisted over time, and the persistence lag over time. The
-//! SVG is written by hand: four line charts do not need a plotting crate.
+//! Top down, in the order a reader asks: the verdicts (invariants, the
+//! `--slo` thresholds, warnings), the run in numbers, then the plots:
+//! answers by outcome per second (stacked) with the arrivals, latency over
+//! time (p50 and p99 per second of the 201s and of all claim answers), the
+//! latency distribution per outcome, claimed vs persisted with the stock
+//! left, the persistence lag, and the per-second table. Each section has an
+//! `id` (scripts/report-check asserts them in a headless Chromium). The
+//! charts are drawn by `svg`.
 
 use std::fmt::Write;
 
 use crate::persistence::lag_series;
-use crate::report::Report;
+use crate::report::{Report, load_label};
+use crate::series::{self, SecondRow};
+use crate::svg::{Labels, Layer, PALETTE, Series, Stroke, XAxis, esc, line_chart, stacked_bars};
 
-const W: f64 = 760.0;
-const H: f64 = 300.0;
-const ML: f64 = 70.0;
-const MR: f64 = 20.0;
-const MT: f64 = 34.0;
-const MB: f64 = 44.0;
-
-const COLORS: [&str; 8] = ["#1f77b4", "#2ca02c", "#d62728", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"];
-
-/// Escapes text for HTML content and attribute values.
-pub fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// About `n` round tick values (1, 2 or 5 times a power of ten) covering
-/// `[lo, hi]`.
-pub fn nice_ticks(lo: f64, hi: f64, n: usize) -> Vec<f64> {
-    let (lo, hi) = if hi > lo { (lo, hi) } else { (lo, lo + 1.0) };
-    let raw = (hi - lo) / n.max(1) as f64;
-    let mag = 10f64.powf(raw.log10().floor());
-    let step = [1.0, 2.0, 5.0, 10.0].iter().map(|m| m * mag).find(|s| *s >= raw).unwrap_or(10.0 * mag);
-    let first = (lo / step).ceil();
-    (0..100)
-        .map(|k| (first + k as f64) * step)
-        .take_while(|t| *t <= hi + step * 1e-9)
-        .map(|t| if t.abs() < step * 1e-9 { 0.0 } else { t })
-        .collect()
-}
-
-fn fmt_num(v: f64) -> String {
-    if v.abs() >= 100.0 || v.fract() == 0.0 {
-        format!("{v:.0}")
-    } else if v.abs() >= 1.0 {
-        format!("{v:.1}")
-    } else {
-        format!("{v:.3}").trim_end_matches('0').to_owned()
-    }
-}
-
-pub struct Series {
-    pub name: String,
-    pub points: Vec<(f64, f64)>,
-}
-
-/// How the x axis is labelled.
-pub enum XAxis {
-    /// Round ticks over the data.
-    Linear,
-    /// Given positions and labels (the percentile axis).
-    Fixed(Vec<(f64, String)>),
-}
-
-/// One line chart as an inline `<svg>`; y starts at 0.
-pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series], x_axis: XAxis) -> String {
-    let all = || series.iter().flat_map(|s| s.points.iter());
-    let mut svg = String::new();
-    let _ = write!(
-        svg,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" role="img"><title>{t}</title><text x="{ML}" y="18" class="t">{t}</text>"#,
-        t = esc(title)
-    );
-    if all().next().is_none() {
-        let _ = write!(svg, r#"<text x="{}" y="{}" class="n">no data</text></svg>"#, W / 2.0 - 30.0, H / 2.0);
-        return svg;
-    }
-    let (mut x0, mut x1, mut y1) = (f64::INFINITY, f64::NEG_INFINITY, 0f64);
-    for (x, y) in all() {
-        x0 = x0.min(*x);
-        x1 = x1.max(*x);
-        y1 = y1.max(*y);
-    }
-    if let XAxis::Fixed(ticks) = &x_axis {
-        for (x, _) in ticks {
-            x0 = x0.min(*x);
-            x1 = x1.max(*x);
-        }
-    }
-    if x1 <= x0 {
-        x1 = x0 + 1.0;
-    }
-    let mut y_ticks = nice_ticks(0.0, if y1 > 0.0 { y1 } else { 1.0 }, 5);
-    // One more grid line above the data when the last one is below it.
-    if let (Some(a), Some(b)) = (y_ticks.first().copied(), y_ticks.get(1).copied())
-        && y_ticks.last().is_some_and(|t| *t < y1)
-    {
-        y_ticks.push(a + (b - a) * y_ticks.len() as f64);
-    }
-    let y1 = y_ticks.last().copied().unwrap_or(1.0).max(y1).max(f64::MIN_POSITIVE);
-    let px = |x: f64| ML + (x - x0) / (x1 - x0) * (W - ML - MR);
-    let py = |y: f64| H - MB - y / y1 * (H - MT - MB);
-    for t in &y_ticks {
-        let _ = write!(
-            svg,
-            r#"<line x1="{ML}" x2="{}" y1="{y:.1}" y2="{y:.1}" class="g"/><text x="{}" y="{:.1}" class="yl">{}</text>"#,
-            W - MR,
-            ML - 6.0,
-            py(*t) + 4.0,
-            fmt_num(*t),
-            y = py(*t)
-        );
-    }
-    let x_ticks = match x_axis {
-        XAxis::Linear => nice_ticks(x0, x1, 8).into_iter().map(|t| (t, fmt_num(t))).collect(),
-        XAxis::Fixed(t) => t,
-    };
-    for (t, label) in &x_ticks {
-        let _ = write!(
-            svg,
-            r#"<line x1="{x:.1}" x2="{x:.1}" y1="{MT}" y2="{}" class="g"/><text x="{x:.1}" y="{}" class="xl">{}</text>"#,
-            H - MB,
-            H - MB + 16.0,
-            esc(label),
-            x = px(*t)
-        );
-    }
-    let _ = write!(
-        svg,
-        r#"<line x1="{ML}" x2="{ML}" y1="{MT}" y2="{b}" class="a"/><line x1="{ML}" x2="{r}" y1="{b}" y2="{b}" class="a"/><text x="{}" y="{}" class="xl">{}</text><text x="14" y="{}" class="yt" transform="rotate(-90 14 {})">{}</text>"#,
-        (ML + W - MR) / 2.0,
-        H - 8.0,
-        esc(x_label),
-        H / 2.0,
-        H / 2.0,
-        esc(y_label),
-        b = H - MB,
-        r = W - MR
-    );
-    let _ = write!(
-        svg,
-        r#"<rect x="{}" y="{}" width="196" height="{}" fill="white" fill-opacity="0.85"/>"#,
-        W - MR - 194.0,
-        MT - 8.0,
-        15.0 * series.len() as f64 + 4.0
-    );
-    for (i, s) in series.iter().enumerate() {
-        let color = COLORS[i % COLORS.len()];
-        let mut pts = String::new();
-        for (x, y) in &s.points {
-            let _ = write!(pts, "{:.1},{:.1} ", px(*x), py(*y));
-        }
-        let _ =
-            write!(svg, r#"<polyline fill="none" stroke="{color}" stroke-width="1.6" points="{}"/>"#, pts.trim_end());
-        let lx = W - MR - 190.0;
-        let ly = MT + 4.0 + 15.0 * i as f64;
-        let _ = write!(
-            svg,
-            r#"<rect x="{lx}" y="{:.1}" width="12" height="3" fill="{color}"/><text x="{}" y="{:.1}" class="lg">{}</text>"#,
-            ly - 4.0,
-            lx + 16.0,
-            ly,
-            esc(&s.name)
-        );
-    }
-    svg.push_str("</svg>");
-    svg
-}
+/// The ids of the page's sections, in order (scripts/report-check asserts
+/// the same list in the rendered page).
+#[cfg(test)]
+const SECTIONS: [&str; 11] = [
+    "verdict",
+    "slo",
+    "summary",
+    "outcomes",
+    "invariants",
+    "answers-over-time",
+    "latency-over-time",
+    "latency-distribution",
+    "claimed-persisted",
+    "persistence-lag",
+    "seconds",
+];
 
 /// Position of quantile `q` on the percentile axis: log10(1 / (1 - q)),
 /// with the maximum drawn one decade past 99.99 %.
@@ -194,27 +49,63 @@ fn percentile_axis() -> XAxis {
     )
 }
 
-const STYLE: &str = "body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#222;max-width:980px}\
+/// A fixed colour per outcome, so the same answer looks the same in every
+/// chart: green for a grant, greys for the normal refusals, warm colours for
+/// what should be rare.
+pub fn outcome_color(key: &str, i: usize) -> String {
+    match key.strip_prefix("redeem_").unwrap_or(key) {
+        "granted" | "redeemed" => "#2ca02c",
+        "already_claimed" | "already_redeemed" => "#ffbb78",
+        "limit_reached" => "#ff7f0e",
+        "sold_out" => "#9e9e9e",
+        "ended" | "expired" => "#616161",
+        "not_started" | "not_yet_valid" => "#bcbd22",
+        "rate_limited" => "#d62728",
+        "unavailable" => "#9467bd",
+        "timeout" => "#8c564b",
+        "transport_error" => "#e377c2",
+        "other_4xx" | "not_applicable" | "coupon_not_found" => "#17becf",
+        "other_5xx" => "#000000",
+        _ => PALETTE[i % PALETTE.len()],
+    }
+    .to_owned()
+}
+
+/// The row label of a series key (`granted` -> "201 granted").
+fn key_label(r: &Report, key: &str) -> String {
+    r.outcomes
+        .iter()
+        .find(|o| {
+            series::key(
+                if o.op == "redeem" { crate::outcome::Op::Redeem } else { crate::outcome::Op::Claim },
+                outcome_of(o.outcome),
+            ) == key
+        })
+        .map_or_else(|| key.to_owned(), |o| o.label.clone())
+}
+
+fn outcome_of(key: &str) -> crate::outcome::Outcome {
+    crate::outcome::Outcome::ALL
+        .iter()
+        .copied()
+        .find(|o| o.key() == key)
+        .unwrap_or(crate::outcome::Outcome::ClientError)
+}
+
+const STYLE: &str = "body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#222;max-width:1000px}\
 table{border-collapse:collapse;margin:8px 0 20px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}\
 td:first-child,th:first-child{text-align:left}tr.fail td{background:#fdd}tr.ok td:first-child{color:#070}\
-.verdict{font-size:18px;font-weight:bold}.bad{color:#b00}.good{color:#070}\
-svg{display:block;margin:6px 0 18px;border:1px solid #eee}svg .t{font-weight:bold;font-size:13px}\
+.verdict{font-size:18px;font-weight:bold}.bad{color:#b00}.good{color:#070}.warn{background:#fff3cd;padding:6px 10px}\
+td.l{text-align:left}svg{display:block;margin:6px 0 4px;border:1px solid #eee}svg .t{font-weight:bold;font-size:13px}\
 svg .g{stroke:#eee}svg .a{stroke:#444}svg text{font-size:11px;fill:#333}svg .yl{text-anchor:end}\
-svg .xl{text-anchor:middle}svg .yt{text-anchor:middle}svg .n{fill:#999}";
+svg .xl{text-anchor:middle}svg .yt{text-anchor:middle}svg .n{fill:#999}p.note{color:#555;margin:0 0 22px}";
 
-/// The whole report page.
-pub fn render(r: &Report) -> String {
-    let mut h = String::new();
-    let title = format!("flashgrab-loadtest {} {}", r.scenario, r.campaign_id);
+const X_TIME: &str = "time since the start of the load (s)";
+
+fn verdicts(h: &mut String, r: &Report) {
     let _ = write!(
         h,
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{}</title><style>{STYLE}</style></head><body><h1>{}</h1>",
-        esc(&title),
-        esc(&title)
-    );
-    let _ = write!(
-        h,
-        "<p class=\"verdict {}\">{}</p>",
+        "<section id=\"verdict\"><p class=\"verdict {}\">{}</p>",
         if r.held { "good" } else { "bad" },
         if r.held {
             "Every invariant held.".to_owned()
@@ -223,18 +114,46 @@ pub fn render(r: &Report) -> String {
             format!("INVARIANT BROKEN: {}", esc(&broken.join(", ")))
         }
     );
+    for w in &r.warnings {
+        let _ = write!(h, "<p class=\"warn\">WARNING: {}</p>", esc(w));
+    }
+    h.push_str("</section><section id=\"slo\"><h2>Launch gate (--slo)</h2>");
+    if r.slo.is_empty() {
+        h.push_str("<p>No thresholds given (<code>--slo 'p99&lt;50ms,errors&lt;0.1%,granted==stock'</code>).</p>");
+    } else {
+        let failed = r.slo.iter().filter(|v| !v.ok).count();
+        let _ = write!(
+            h,
+            "<p class=\"verdict {}\">{}</p><table><tr><th>threshold</th><th>result</th><th>measured</th></tr>",
+            if failed == 0 { "good" } else { "bad" },
+            if failed == 0 {
+                format!("All {} thresholds met.", r.slo.len())
+            } else {
+                format!("{failed} of {} thresholds FAILED.", r.slo.len())
+            }
+        );
+        for v in &r.slo {
+            let _ = write!(
+                h,
+                "<tr class=\"{}\"><td>{}</td><td>{}</td><td class=\"l\">{}</td></tr>",
+                if v.ok { "ok" } else { "fail" },
+                esc(&v.threshold),
+                if v.ok { "ok" } else { "FAIL" },
+                esc(&v.detail)
+            );
+        }
+        h.push_str("</table>");
+    }
+    h.push_str("</section>");
+}
+
+fn summary(h: &mut String, r: &Report) {
     let opt = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |s| format!("{s:.2} s"));
     let rows: Vec<(&str, String)> = vec![
         ("started (UTC)", r.started_at.clone()),
         ("targets", r.urls.join(" ")),
         ("users / stock", format!("{} / {}", r.users, r.stock)),
-        (
-            "load",
-            match r.rate_per_s {
-                Some(rate) => format!("open loop, {rate:.0} arrivals/s asked, {} workers", r.concurrency),
-                None => format!("closed loop, {} connections", r.concurrency),
-            },
-        ),
+        ("load", format!("{}, {} workers", load_label(r), r.concurrency)),
         ("latency measured from", r.latency_from.to_owned()),
         (
             "requests",
@@ -247,18 +166,18 @@ pub fn render(r: &Report) -> String {
         ("persisted == claimed", format!("{} after the load", opt(r.persisted_after_s))),
         ("follow-ups abandoned at the end", r.abandoned.to_string()),
     ];
-    h.push_str("<table>");
+    h.push_str("<section id=\"summary\"><h2>The run</h2><table>");
     for (k, v) in rows {
-        let _ = write!(h, "<tr><th>{}</th><td>{}</td></tr>", esc(k), esc(&v));
+        let _ = write!(h, "<tr><th>{}</th><td class=\"l\">{}</td></tr>", esc(k), esc(&v));
     }
     if let Some(s) = &r.stats {
         let _ = write!(
             h,
-            "<tr><th>store</th><td>total_stock {} remaining {} claimed {} persisted {} redeemed {}</td></tr>",
+            "<tr><th>store</th><td class=\"l\">total_stock {} remaining {} claimed {} persisted {} redeemed {}</td></tr>",
             s.total_stock, s.remaining, s.claimed, s.persisted, s.redeemed
         );
     }
-    h.push_str("</table><h2>Latency by outcome (ms)</h2><table><tr><th>outcome</th><th>count</th><th>p50</th><th>p90</th><th>p99</th><th>p99.9</th><th>max</th></tr>");
+    h.push_str("</table></section><section id=\"outcomes\"><h2>Latency by outcome (ms)</h2><table><tr><th>outcome</th><th>count</th><th>p50</th><th>p90</th><th>p99</th><th>p99.9</th><th>max</th></tr>");
     for row in r.outcomes.iter().chain(r.all.iter()) {
         let _ = write!(
             h,
@@ -272,56 +191,202 @@ pub fn render(r: &Report) -> String {
             row.max_ms
         );
     }
-    h.push_str("</table><h2>Invariants</h2><table><tr><th>check</th><th>result</th><th>detail</th></tr>");
+    h.push_str("</table></section><section id=\"invariants\"><h2>Invariants</h2><table><tr><th>check</th><th>result</th><th>detail</th></tr>");
     for c in &r.invariants {
         let _ = write!(
             h,
-            "<tr class=\"{}\"><td>{}</td><td>{}</td><td style=\"text-align:left\">{}</td></tr>",
+            "<tr class=\"{}\"><td>{}</td><td>{}</td><td class=\"l\">{}</td></tr>",
             if c.ok { "ok" } else { "fail" },
             esc(c.name),
             if c.ok { "ok" } else { "FAIL" },
             esc(&c.detail)
         );
     }
-    h.push_str("</table><h2>Plots</h2>");
+    h.push_str("</table></section>");
+}
 
-    let latency: Vec<Series> = r
-        .outcomes
+fn section(h: &mut String, id: &str, chart: String, note: &str) {
+    let _ = write!(h, "<section id=\"{id}\">{chart}<p class=\"note\">{note}</p></section>");
+}
+
+fn charts(h: &mut String, r: &Report) {
+    let secs = &r.seconds;
+    let keys = series::keys(secs);
+    let layers: Vec<Layer> = keys
         .iter()
-        .map(|o| Series {
-            name: format!("{} ({})", o.label, o.count),
-            points: o.percentiles.iter().map(|[q, ms]| (quantile_x(*q), *ms)).collect(),
+        .enumerate()
+        .map(|(i, k)| Layer {
+            name: key_label(r, k),
+            color: outcome_color(k, i),
+            values: secs.iter().map(|s| s.count(k) as f64).collect(),
         })
         .collect();
-    h.push_str(&line_chart("Latency distribution", "percentile", "ms", &latency, percentile_axis()));
-
-    let per_second = |name: &str, f: &dyn Fn(&crate::engine::Second) -> u64| Series {
-        name: name.to_owned(),
-        points: r.timeline.iter().enumerate().map(|(i, s)| (i as f64 + 0.5, f(s) as f64)).collect(),
+    let arrivals = Series {
+        name: "arrivals".into(),
+        points: secs.iter().map(|s| (f64::from(s.second) + 0.5, s.arrivals as f64)).collect(),
+        stroke: Stroke { dash: Some("5 3"), width: 2.0, dots: true, ..Stroke::solid("#1f3a93") },
     };
-    let mut rates = vec![per_second("requests/s", &|s| s.requests), per_second("201 granted/s", &|s| s.granted)];
-    if r.timeline.iter().any(|s| s.redeemed > 0) {
-        rates.push(per_second("200 redeemed/s", &|s| s.redeemed));
-    }
-    rates.push(per_second("errors/s", &|s| s.errors));
-    h.push_str(&line_chart(
-        "Requests and grants per second",
-        "seconds since start",
-        "per second",
-        &rates,
-        XAxis::Linear,
-    ));
+    h.push_str("<h2>Over time</h2>");
+    section(
+        h,
+        "answers-over-time",
+        stacked_bars(
+            &Labels { title: "Answers by outcome per second", x: X_TIME, y: "answers per second (1/s)" },
+            &layers,
+            std::slice::from_ref(&arrivals),
+        ),
+        "Each bar: the answers that arrived in that second, stacked by outcome; the dashed line: arrivals due in that second (in an open loop the arrivals go on whatever the answers do).",
+    );
+
+    let lat = |name: &str, f: &dyn Fn(&SecondRow) -> Option<f64>, stroke: Stroke| Series {
+        name: name.to_owned(),
+        points: secs.iter().filter_map(|s| f(s).map(|v| (f64::from(s.second) + 0.5, v))).collect(),
+        stroke,
+    };
+    let granted = |q: fn(&series::Cell) -> f64| move |s: &SecondRow| s.cell("granted").map(q);
+    let all = |q: fn(&series::Cell) -> f64| move |s: &SecondRow| s.all_claims.as_ref().map(q);
+    let green = outcome_color("granted", 0);
+    let latency = [
+        lat("201 granted p50", &granted(|c| c.p50_ms), Stroke { dots: true, ..Stroke::solid(&green) }),
+        lat(
+            "201 granted p99",
+            &granted(|c| c.p99_ms),
+            Stroke { dash: Some("6 3"), dots: true, ..Stroke::solid(&green) },
+        ),
+        lat("all claim answers p50", &all(|c| c.p50_ms), Stroke { dots: true, ..Stroke::solid("#1f77b4") }),
+        lat(
+            "all claim answers p99",
+            &all(|c| c.p99_ms),
+            Stroke { dash: Some("6 3"), dots: true, ..Stroke::solid("#1f77b4") },
+        ),
+    ];
+    let span = secs.last().map(|s| (0.0, f64::from(s.second) + 1.0));
+    section(
+        h,
+        "latency-over-time",
+        line_chart(
+            &Labels { title: "Latency over time (per second)", x: X_TIME, y: "latency (ms)" },
+            &latency,
+            XAxis::Linear,
+            span,
+        ),
+        "p50 (solid) and p99 (dashed) of the answers that arrived in each second: the 201s (green) and every claim answer (blue). A second without 201s has no green point.",
+    );
+
+    let dist: Vec<Series> = r
+        .outcomes
+        .iter()
+        .enumerate()
+        .map(|(i, o)| Series {
+            name: format!("{} ({})", o.label, o.count),
+            points: o.percentiles.iter().map(|[q, ms]| (quantile_x(*q), *ms)).collect(),
+            stroke: Stroke::solid(&outcome_color(
+                &format!("{}{}", if o.op == "redeem" { "redeem_" } else { "" }, o.outcome),
+                i,
+            )),
+        })
+        .collect();
+    section(
+        h,
+        "latency-distribution",
+        line_chart(
+            &Labels { title: "Latency distribution by outcome", x: "percentile (log scale)", y: "latency (ms)" },
+            &dist,
+            percentile_axis(),
+            None,
+        ),
+        "The whole run: the latency below which a share of the answers of each outcome fell.",
+    );
 
     let p = &r.persistence;
     let counts = [
-        Series { name: "claimed (Redis)".into(), points: p.iter().map(|s| (s.t_s, s.claimed as f64)).collect() },
-        Series { name: "persisted (MySQL)".into(), points: p.iter().map(|s| (s.t_s, s.persisted as f64)).collect() },
+        Series {
+            name: "claimed (Redis)".into(),
+            points: p.iter().map(|s| (s.t_s, s.claimed as f64)).collect(),
+            stroke: Stroke { width: 6.0, opacity: 0.35, ..Stroke::solid("#1f77b4") },
+        },
+        Series {
+            name: "persisted (MySQL)".into(),
+            points: p.iter().map(|s| (s.t_s, s.persisted as f64)).collect(),
+            stroke: Stroke { width: 1.8, dash: Some("6 3"), ..Stroke::solid("#d62728") },
+        },
+        Series {
+            name: "stock left".into(),
+            points: p.iter().map(|s| (s.t_s, s.remaining as f64)).collect(),
+            stroke: Stroke { width: 1.4, dots: true, ..Stroke::solid("#616161") },
+        },
     ];
-    h.push_str(&line_chart("Claimed vs persisted", "seconds since start", "coupons", &counts, XAxis::Linear));
+    section(
+        h,
+        "claimed-persisted",
+        line_chart(
+            &Labels { title: "Claimed vs persisted, stock left", x: X_TIME, y: "coupons" },
+            &counts,
+            XAxis::Linear,
+            span,
+        ),
+        "From the stats endpoint, polled once a second during the load and every 100 ms after it until persisted == claimed. Claimed is the wide pale band, persisted the dashed line on it: where they overlap, the pipeline has caught up.",
+    );
     let lag = lag_series(p);
-    let lag = [Series { name: "oldest unpersisted claim".into(), points: lag.iter().map(|l| (l[0], l[2])).collect() }];
-    h.push_str(&line_chart("Persistence lag", "seconds since start", "seconds", &lag, XAxis::Linear));
-    h.push_str("<p>Lag: how long the oldest claim not yet in MySQL has waited, from the stats endpoint polled during the run (the moment that claim was made is interpolated between two polls).</p></body></html>\n");
+    let lag = [Series {
+        name: "oldest unpersisted claim".into(),
+        points: lag.iter().map(|l| (l[0], l[2])).collect(),
+        stroke: Stroke::solid("#d62728"),
+    }];
+    section(
+        h,
+        "persistence-lag",
+        line_chart(&Labels { title: "Persistence lag", x: X_TIME, y: "lag (s)" }, &lag, XAxis::Linear, span),
+        "How long the oldest claim not yet in MySQL has waited (the moment that claim was made is interpolated between two polls).",
+    );
+}
+
+fn seconds_table(h: &mut String, r: &Report) {
+    let keys = series::keys(&r.seconds);
+    let _ = write!(
+        h,
+        "<section id=\"seconds\"><h2>Per second</h2><p>The same series as the CSV beside the JSON report ({} seconds). Latency in ms, p50 / p99 / max of the answers that arrived in the second.</p><details><summary>show the table</summary><table><tr><th>s</th><th>arrivals</th><th>answers</th>",
+        r.seconds.len()
+    );
+    for k in keys.iter().map(|k| key_label(r, k)).chain(["all claims".to_owned()]) {
+        let _ = write!(h, "<th>{}</th>", esc(&k));
+    }
+    h.push_str("<th>stock left</th><th>claimed</th><th>persisted</th></tr>");
+    let opt = |v: Option<u64>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
+    for s in &r.seconds {
+        let _ = write!(h, "<tr><td>{}</td><td>{}</td><td>{}</td>", s.second, s.arrivals, s.answers);
+        for c in keys.iter().map(|k| s.cell(k)).chain([s.all_claims.as_ref()]) {
+            match c {
+                Some(c) => {
+                    let _ = write!(
+                        h,
+                        "<td>{} <small>({:.1} / {:.1} / {:.1})</small></td>",
+                        c.count, c.p50_ms, c.p99_ms, c.max_ms
+                    );
+                }
+                None => h.push_str("<td>0</td>"),
+            }
+        }
+        let _ = write!(h, "<td>{}</td><td>{}</td><td>{}</td></tr>", opt(s.remaining), opt(s.claimed), opt(s.persisted));
+    }
+    h.push_str("</table></details></section>");
+}
+
+/// The whole report page.
+pub fn render(r: &Report) -> String {
+    let mut h = String::new();
+    let title = format!("flashgrab-loadtest {} {}", r.scenario, r.campaign_id);
+    let _ = write!(
+        h,
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{}</title><style>{STYLE}</style></head><body><h1>{}</h1>",
+        esc(&title),
+        esc(&title)
+    );
+    verdicts(&mut h, r);
+    summary(&mut h, r);
+    charts(&mut h, r);
+    seconds_table(&mut h, r);
+    h.push_str("</body></html>\n");
     h
 }
 
@@ -329,19 +394,11 @@ pub fn render(r: &Report) -> String {
 mod tests {
     use super::*;
     use crate::api::Stats;
-    use crate::engine::Second;
     use crate::invariants::Check;
     use crate::persistence::StatsSample;
     use crate::report::OutcomeSummary;
-
-    #[test]
-    fn ticks_are_round_and_cover_the_range() {
-        assert_eq!(nice_ticks(0.0, 10.0, 5), vec![0.0, 2.0, 4.0, 6.0, 8.0, 10.0]);
-        assert_eq!(nice_ticks(0.0, 0.9, 4), vec![0.0, 0.5]);
-        assert_eq!(nice_ticks(0.0, 0.9, 5), vec![0.0, 0.2, 0.4, 0.6000000000000001, 0.8]);
-        assert_eq!(nice_ticks(0.0, 43_000.0, 5), vec![0.0, 10_000.0, 20_000.0, 30_000.0, 40_000.0]);
-        assert_eq!(nice_ticks(3.0, 3.0, 5).first(), Some(&3.0));
-    }
+    use crate::series::{Cell, SecondRow};
+    use crate::slo;
 
     #[test]
     fn percentile_axis_is_logarithmic() {
@@ -350,23 +407,11 @@ mod tests {
         assert_eq!(quantile_x(1.0), 5.0);
     }
 
-    #[test]
-    fn escapes_markup() {
-        assert_eq!(esc("<a href=\"x\">&'"), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;");
+    fn cell(key: &str, count: u64, ms: f64) -> Cell {
+        Cell { key: key.into(), count, p50_ms: ms, p99_ms: ms * 2.0, max_ms: ms * 3.0 }
     }
 
-    #[test]
-    fn charts_scale_into_the_frame_and_survive_no_data() {
-        let s = [Series { name: "a<b".into(), points: vec![(0.0, 0.0), (10.0, 100.0)] }];
-        let svg = line_chart("t", "x", "y", &s, XAxis::Linear);
-        assert!(svg.starts_with("<svg") && svg.ends_with("</svg>"));
-        assert!(svg.contains("a&lt;b"));
-        // The first point at the bottom-left corner, the last at the top right.
-        assert!(svg.contains(&format!("points=\"{ML:.1},{:.1} {:.1},{MT:.1}\"", H - MB, W - MR)), "{svg}");
-        assert!(line_chart("t", "x", "y", &[], XAxis::Linear).contains("no data"));
-    }
-
-    fn report(held: bool) -> Report {
+    fn report(held: bool, slo: Vec<slo::Verdict>) -> Report {
         Report {
             scenario: "drop",
             started_at: "2026-11-22T00:00:00Z".into(),
@@ -375,13 +420,14 @@ mod tests {
             users: 10,
             stock: 5,
             concurrency: 2,
-            rate_per_s: None,
-            latency_from: "actual send time (closed loop)",
+            rate_per_s: Some(5.0),
+            arrivals_profile: Some("burst:10@2s".into()),
+            latency_from: "scheduled send time",
             arrivals: 10,
             requests: 11,
-            elapsed_s: 1.0,
-            throughput_per_s: 11.0,
-            granted_per_s: 5.0,
+            elapsed_s: 2.0,
+            throughput_per_s: 5.5,
+            granted_per_s: 2.5,
             last_grant_s: Some(0.5),
             first_sold_out_s: Some(0.6),
             abandoned: 0,
@@ -398,7 +444,28 @@ mod tests {
                 percentiles: vec![[0.0, 0.5], [0.5, 1.0], [1.0, 5.0]],
             }],
             all: None,
-            timeline: vec![Second { requests: 11, granted: 5, redeemed: 0, errors: 0 }],
+            seconds: vec![
+                SecondRow {
+                    second: 0,
+                    arrivals: 5,
+                    answers: 5,
+                    outcomes: vec![cell("granted", 5, 1.0)],
+                    all_claims: Some(cell("all_claims", 5, 1.0)),
+                    remaining: Some(0),
+                    claimed: Some(5),
+                    persisted: Some(3),
+                },
+                SecondRow {
+                    second: 1,
+                    arrivals: 5,
+                    answers: 6,
+                    outcomes: vec![cell("sold_out", 6, 0.2)],
+                    all_claims: Some(cell("all_claims", 6, 0.2)),
+                    remaining: Some(0),
+                    claimed: Some(5),
+                    persisted: Some(5),
+                },
+            ],
             persistence: vec![
                 StatsSample { t_s: 0.2, claimed: 3, persisted: 0, remaining: 2 },
                 StatsSample { t_s: 1.2, claimed: 5, persisted: 5, remaining: 0 },
@@ -408,22 +475,50 @@ mod tests {
             invariants: vec![Check { name: "total_stock", ok: held, detail: "x < y".into() }],
             held,
             targets: Vec::new(),
-            slo: Vec::new(),
+            slo,
             warnings: Vec::new(),
         }
     }
 
     #[test]
-    fn the_page_is_self_contained_and_escaped() {
-        let page = render(&report(true));
+    fn the_page_is_self_contained_escaped_and_has_every_section() {
+        let page = render(&report(true, Vec::new()));
         assert!(page.starts_with("<!doctype html>"));
-        assert_eq!(page.matches("<svg").count(), 4);
+        assert_eq!(page.matches("<svg").count(), 5);
         assert!(!page.contains("<script"), "the campaign id must be escaped");
-        assert!(!page.contains("http-equiv") && !page.contains("src="));
-        assert!(page.contains("Every invariant held."));
-        assert!(page.contains("x &lt; y"));
-        let broken = render(&report(false));
+        assert!(!page.contains("http-equiv") && !page.contains("src=") && !page.contains("href="));
+        assert!(page.contains("Every invariant held.") && page.contains("x &lt; y"));
+        let mut at = 0;
+        for id in SECTIONS {
+            let i = page.find(&format!("id=\"{id}\"")).unwrap_or_else(|| panic!("no section {id}"));
+            assert!(i > at, "section {id} out of order");
+            at = i;
+        }
+        assert!(page.contains("No thresholds given"));
+        // The stacked chart has a bar per outcome and second, named like the summary.
+        assert!(
+            page.contains("<title>0s: 201 granted 5</title>") && page.contains("<title>1s: sold_out 6</title>"),
+            "{page}"
+        );
+        let broken = render(&report(false, Vec::new()));
         assert!(broken.contains("INVARIANT BROKEN: total_stock"));
         assert!(broken.contains("<tr class=\"fail\">"));
+    }
+
+    #[test]
+    fn slo_verdicts_come_first() {
+        let v = |t: &str, ok: bool| slo::Verdict { threshold: t.into(), ok, detail: "p99 = 12.0 ms".into() };
+        let page = render(&report(true, vec![v("p99<50ms", true), v("p99<1us", false)]));
+        assert!(page.contains("1 of 2 thresholds FAILED."));
+        assert!(page.find("p99&lt;1us").unwrap() < page.find("id=\"summary\"").unwrap());
+        assert!(render(&report(true, vec![v("p99<50ms", true)])).contains("All 1 thresholds met."));
+    }
+
+    #[test]
+    fn outcome_colours_are_fixed_and_distinct_where_it_matters() {
+        assert_eq!(outcome_color("granted", 3), outcome_color("redeem_redeemed", 0));
+        let main = ["granted", "sold_out", "rate_limited", "unavailable", "timeout", "already_claimed"];
+        let colours: std::collections::BTreeSet<String> = main.iter().map(|k| outcome_color(k, 0)).collect();
+        assert_eq!(colours.len(), main.len());
     }
 }

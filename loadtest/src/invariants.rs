@@ -377,7 +377,7 @@ mod tests {
             grants,
             redemptions: Vec::new(),
             users: flags,
-            timeline: Vec::new(),
+            seconds: Vec::new(),
             arrivals: 0,
             last_grant: None,
             first_sold_out: None,

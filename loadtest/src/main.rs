@@ -2,14 +2,19 @@
 //! that the numbers add up afterwards.
 //!
 //! - `drop`: a timed drop: a burst of users (some double-tapping, some
-//!   retrying) until sell-out and beyond.
+//!   retrying) until sell-out and beyond; by default every arrival in the
+//!   first two seconds (open loop), or `--arrivals`, `--rate`,
+//!   `--closed-loop`.
 //! - `steady`: a fixed arrival rate for a duration (open loop).
 //! - `redeem`: claim, then redeem at checkout pace.
 //! - `tokens`: writes pre-minted user JWTs to a file, one per line, for other
 //!   load generators (the wrk run of `scripts/bench`).
+//! - `export`: a drop's requests for wrk and oha (token feed, wrk script,
+//!   oha command; `scripts/compare-tools` measures them side by side).
 //!
 //! Every scenario shows progress every second, prints a latency summary per
-//! outcome, writes a JSON and an HTML report, checks the invariants through
+//! outcome, writes a JSON report, the per-second series as CSV beside it and
+//! an HTML report, checks the invariants through
 //! the API (and the database with `--mysql-url`) and exits 1 naming the
 //! broken ones (2 for a usage or setup error). `--slo` adds a launch gate
 //! (`p99<50ms,errors<0.1%,granted==stock`, see `slo`): exit 3 when a
@@ -25,13 +30,16 @@ mod arrivals;
 mod client;
 mod db;
 mod engine;
+mod export;
 mod html;
 mod invariants;
 mod outcome;
 mod persistence;
 mod report;
 mod scenario;
+mod series;
 mod slo;
+mod svg;
 mod tokens;
 
 use std::future::Future;
@@ -54,7 +62,8 @@ struct Cli {
 enum Command {
     /// A timed drop: create a campaign, wait for its start, then a burst of
     /// users (a share double-tapping, a share retrying) until sell-out and
-    /// beyond; check the invariants. Exit 1 if one broke, 3 if a --slo
+    /// beyond; check the invariants. Default load: every arrival in the
+    /// first 2 s, open loop (--arrivals, --rate or --closed-loop for others). Exit 1 if one broke, 3 if a --slo
     /// threshold failed (2: usage or setup error). --campaign ID uses a
     /// staged campaign instead of creating one.
     Drop(scenario::DropArgs),
@@ -66,6 +75,10 @@ enum Command {
     Redeem(scenario::RedeemArgs),
     /// Write pre-minted user JWTs to a file, one per line.
     Tokens(tokens::TokensArgs),
+    /// Write a drop's requests for other load generators: the token feed,
+    /// a wrk script (closed loop or FG_RATE) and an oha command (one user:
+    /// oha cannot vary a header per request).
+    Export(export::ExportArgs),
 }
 
 fn on_runtime(threads: usize, f: impl Future<Output = anyhow::Result<Verdict>>) -> ExitCode {
@@ -88,6 +101,13 @@ fn on_runtime(threads: usize, f: impl Future<Output = anyhow::Result<Verdict>>) 
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Tokens(args) => match tokens::run(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("flashgrab-loadtest: {e:#}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Export(args) => match export::run(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("flashgrab-loadtest: {e:#}");

@@ -87,8 +87,11 @@ pub async fn poll(
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         } else {
+            // On a fixed grid from the start (not `every` after the last
+            // answer): the per-second series reads one poll per second.
+            let next = start + every.mul_f64((start.elapsed().as_secs_f64() / every.as_secs_f64()).floor() + 1.0);
             tokio::select! {
-                _ = tokio::time::sleep(every) => {}
+                _ = tokio::time::sleep_until(next.into()) => {}
                 _ = done.changed() => {}
             }
         }

@@ -14,10 +14,11 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::api::Stats;
-use crate::engine::{RunResult, Second};
+use crate::engine::RunResult;
 use crate::invariants::Check;
 use crate::outcome::{Op, Outcome};
 use crate::persistence::StatsSample;
+use crate::series::SecondRow;
 use crate::slo;
 
 const MAX_MICROS: u64 = 60_000_000;
@@ -108,6 +109,8 @@ pub struct Report {
     pub concurrency: usize,
     /// `None`: closed loop (each worker sends as soon as its answer came).
     pub rate_per_s: Option<f64>,
+    /// The open loop's arrival profile (`--arrivals`, or the default burst).
+    pub arrivals_profile: Option<String>,
     /// What latency is measured from: the send (closed loop) or the
     /// scheduled send time when the worker was still busy then (open loop,
     /// so queueing counts), else the send.
@@ -128,8 +131,9 @@ pub struct Report {
     pub outcomes: Vec<OutcomeSummary>,
     /// All claim answers together.
     pub all: Option<OutcomeSummary>,
-    /// Per second of the run.
-    pub timeline: Vec<Second>,
+    /// Per second of the run: arrivals, answers and latency by outcome,
+    /// the store (also written as CSV beside the JSON; see `series`).
+    pub seconds: Vec<SecondRow>,
     /// The stats endpoint polled during and after the run.
     pub persistence: Vec<StatsSample>,
     /// Seconds after the load ended until `persisted == claimed`.
@@ -309,6 +313,15 @@ pub fn summarise(hists: &Hists) -> (Vec<OutcomeSummary>, Option<OutcomeSummary>)
     (rows, all)
 }
 
+/// "closed loop", "open loop at N arrivals/s" or the profile.
+pub fn load_label(r: &Report) -> String {
+    match (&r.arrivals_profile, r.rate_per_s) {
+        (Some(p), Some(rate)) => format!("open loop, arrivals {p} (average {rate:.0}/s)"),
+        (None, Some(rate)) => format!("open loop at {rate:.0} arrivals/s"),
+        _ => "closed loop".to_owned(),
+    }
+}
+
 fn opt_s(v: Option<f64>) -> String {
     v.map_or_else(|| "-".to_owned(), |s| format!("{s:.2} s"))
 }
@@ -325,10 +338,7 @@ pub fn print_summary(r: &Report) {
         r.throughput_per_s,
         r.granted_per_s,
         r.concurrency,
-        match r.rate_per_s {
-            Some(rate) => format!("open loop at {rate:.0} arrivals/s"),
-            None => "closed loop".to_owned(),
-        }
+        load_label(r)
     );
     println!(
         "latency from {}; {} arrivals; last 201 at {}, first sold_out at {}; {} follow-ups abandoned",

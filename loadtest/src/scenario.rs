@@ -1,10 +1,12 @@
 //! The three scenarios and the steps they share.
 //!
 //! - `drop`: a campaign that starts a moment after its creation; the harness
-//!   waits for the start, then a burst of virtual users claims (closed loop by
-//!   default), a share of them double-tapping and a share retrying, until the
-//!   arrivals are spent: past the sell-out when there are more users than
-//!   coupons, and past the first pass when `--requests` exceeds `--users`.
+//!   waits for the start, then a burst of virtual users claims (by default
+//!   every arrival in the first two seconds, open loop: `burst:N@2s`; or
+//!   `--arrivals`, `--rate`, `--closed-loop`), a share of them
+//!   double-tapping and a share retrying, until the arrivals are spent: past
+//!   the sell-out when there are more users than coupons, and past the first
+//!   pass when `--requests` exceeds `--users`.
 //! - `steady`: a fixed arrival rate (open loop) for a duration, one new user
 //!   per arrival; by default the stock never runs out, so every answer is a
 //!   claim that did the full work.
@@ -33,7 +35,7 @@ use crate::invariants::{self, Expect, Holding};
 use crate::outcome::{Op, Outcome};
 use crate::persistence::{self, PollTarget};
 use crate::report::{self, Report};
-use crate::{db, html, slo, tokens};
+use crate::{db, html, series, slo, tokens};
 
 /// Options every scenario has: where, as whom, how many connections, what
 /// to check and where the reports go.
@@ -68,8 +70,9 @@ pub struct Common {
     /// Stock shards of the campaign (default: the service chooses).
     #[arg(long)]
     pub shards: Option<u32>,
-    /// Poll the stats endpoint this often during the run (persistence lag).
-    #[arg(long, value_name = "MS", default_value_t = 500)]
+    /// Poll the stats endpoint this often during the run (stock left,
+    /// claimed and persisted of the per-second series; persistence lag).
+    #[arg(long, value_name = "MS", default_value_t = 1_000)]
     pub stats_every_ms: u64,
     /// After the load, wait up to this long for persisted == claimed.
     #[arg(long, value_name = "SECS", default_value_t = 30.0)]
@@ -85,10 +88,12 @@ pub struct Common {
     /// (e.g. mysql://root@127.0.0.1:3306/flashgrab).
     #[arg(long, value_name = "URL")]
     pub mysql_url: Option<String>,
-    /// Folder of the reports (<scenario>-<campaign>.json and .html).
+    /// Folder of the reports (<scenario>-<campaign>.json, .csv (the
+    /// per-second series) and .html).
     #[arg(long, value_name = "DIR", default_value = "target/loadtest")]
     pub out_dir: PathBuf,
-    /// Write the JSON report to this file instead.
+    /// Write the JSON report to this file instead (the CSV goes beside it,
+    /// same name ending in .csv).
     #[arg(long, value_name = "PATH")]
     pub json: Option<PathBuf>,
     /// Write the HTML report to this file instead.
@@ -124,20 +129,29 @@ pub struct DropArgs {
     /// --users sends users again after their first tap.
     #[arg(long, short = 'n')]
     requests: Option<u64>,
-    /// Open loop: this many arrivals per second, latency measured from each
-    /// one's scheduled time. Default: closed loop.
-    #[arg(long, value_name = "PER_SECOND")]
+    /// Open loop at a fixed rate instead of the default burst: this many
+    /// arrivals per second, latency measured from each one's scheduled time.
+    #[arg(long, value_name = "PER_SECOND", conflicts_with = "closed_loop")]
     rate: Option<f64>,
-    /// No new arrival after this many seconds.
+    /// With --rate or --closed-loop: no new arrival after this many seconds
+    /// (an arrival profile sets its own length).
     #[arg(long, value_name = "SECS", default_value_t = 60.0)]
     duration: f64,
-    /// Open loop by an arrival profile instead of --rate: stages separated
-    /// by commas, 'burst:N@T' (N arrivals spread over T), 'ramp:A-B@T'
-    /// (A to B per second), 'rate:R@T'; k and M suffixes, T in s or ms.
-    /// E.g. 'burst:1M@2s' (the real drop) or 'ramp:0-20k@5s,rate:20k@10s'.
-    /// Sets the arrivals (at most --requests) and the duration.
-    #[arg(long, value_name = "PROFILE", conflicts_with = "rate")]
+    /// Open loop by an arrival profile: stages separated by commas,
+    /// 'burst:N@T' (N arrivals spread over T), 'ramp:A-B@T' (A to B per
+    /// second), 'rate:R@T'; k and M suffixes, T in s or ms. E.g.
+    /// 'burst:1M@2s' or 'ramp:0-20k@5s,rate:20k@10s'. Sets the arrivals (at
+    /// most --requests) and the duration. Default, without --arrivals,
+    /// --rate or --closed-loop: the real drop's shape, a burst at the start,
+    /// every arrival (--requests, else --users) in the first two seconds
+    /// ('burst:N@2s').
+    #[arg(long, value_name = "PROFILE", conflicts_with_all = ["rate", "closed_loop"])]
     arrivals: Option<String>,
+    /// Closed loop instead of the default burst: each worker sends its next
+    /// arrival as soon as its answer came (a capacity measurement, not a
+    /// drop's shape), for at most --duration.
+    #[arg(long)]
+    closed_loop: bool,
     /// Share of users whose first tap sends two claims at once.
     #[arg(long, value_name = "SHARE", default_value_t = 0.05)]
     double_tap: f64,
@@ -230,6 +244,8 @@ struct Setup {
     arrivals: u64,
     rate: Option<f64>,
     profile: Option<std::sync::Arc<crate::arrivals::Profile>>,
+    /// The profile as given (or the default burst), for the reports.
+    profile_spec: Option<String>,
     duration: f64,
     start_in: f64,
     behaviour: Behaviour,
@@ -244,6 +260,11 @@ fn share(name: &str, v: f64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The default scenario of `drop`: every arrival in the first two seconds.
+pub fn default_burst(arrivals: u64) -> String {
+    format!("burst:{arrivals}@2s")
+}
+
 fn per_arrival(rate: f64, duration: f64) -> anyhow::Result<u32> {
     let n = (rate * duration).ceil();
     if !(1.0..=u32::MAX as f64).contains(&n) {
@@ -255,7 +276,12 @@ fn per_arrival(rate: f64, duration: f64) -> anyhow::Result<u32> {
 pub async fn drop(a: DropArgs) -> anyhow::Result<Verdict> {
     share("--double-tap", a.double_tap)?;
     share("--retry-share", a.retry_share)?;
-    let profile = a.arrivals.as_deref().map(crate::arrivals::Profile::parse).transpose()?;
+    let spec = match (&a.arrivals, a.rate, a.closed_loop) {
+        (Some(p), _, _) => Some(p.clone()),
+        (None, None, false) => Some(default_burst(a.requests.unwrap_or(u64::from(a.users)))),
+        _ => None,
+    };
+    let profile = spec.as_deref().map(crate::arrivals::Profile::parse).transpose()?;
     let (arrivals, rate, duration) = match &profile {
         None => (a.requests.unwrap_or(u64::from(a.users)), a.rate, a.duration),
         Some(p) => {
@@ -270,6 +296,7 @@ pub async fn drop(a: DropArgs) -> anyhow::Result<Verdict> {
         arrivals,
         rate,
         profile: profile.map(std::sync::Arc::new),
+        profile_spec: spec,
         duration,
         start_in: a.start_in,
         campaign: a.campaign,
@@ -293,6 +320,7 @@ pub async fn steady(a: SteadyArgs) -> anyhow::Result<Verdict> {
         arrivals: a.requests.unwrap_or(u64::from(per)),
         rate: Some(a.rate),
         profile: None,
+        profile_spec: None,
         duration: a.duration,
         start_in: 0.0,
         behaviour: Behaviour::default(),
@@ -320,6 +348,7 @@ pub async fn redeem(a: RedeemArgs) -> anyhow::Result<Verdict> {
         arrivals: u64::from(users),
         rate,
         profile: None,
+        profile_spec: None,
         duration: a.duration,
         start_in: 0.0,
         campaign: None,
@@ -496,6 +525,7 @@ async fn run(c: &Common, mut s: Setup) -> anyhow::Result<Verdict> {
         stock: s.stock,
         concurrency: c.concurrency,
         rate_per_s: s.rate,
+        arrivals_profile: s.profile_spec.clone(),
         latency_from: if s.rate.is_some() {
             "scheduled send time if the worker was busy then, else the send (open loop)"
         } else {
@@ -511,7 +541,7 @@ async fn run(c: &Common, mut s: Setup) -> anyhow::Result<Verdict> {
         abandoned: result.abandoned,
         outcomes,
         all,
-        timeline: result.timeline.clone(),
+        seconds: series::rows(&result.seconds, &polled.samples),
         persistence: polled.samples,
         persisted_after_s: polled.converged_after_s,
         stats: stats.ok(),
@@ -536,10 +566,12 @@ async fn run(c: &Common, mut s: Setup) -> anyhow::Result<Verdict> {
                 std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
             }
         }
+        let csv = json.with_extension("csv");
         report::write_json(&json, &report)?;
+        std::fs::write(&csv, series::csv(&report.seconds)).with_context(|| format!("writing {}", csv.display()))?;
         std::fs::write(&html_path, html::render(&report))
             .with_context(|| format!("writing {}", html_path.display()))?;
-        eprintln!("reports: {} {}", json.display(), html_path.display());
+        eprintln!("reports: {} {} {}", json.display(), csv.display(), html_path.display());
     }
     for w in &report.warnings {
         eprintln!("WARNING: {w}");
@@ -631,5 +663,7 @@ mod tests {
         assert_eq!(per_arrival(100.0, 2.5).unwrap(), 250);
         assert!(per_arrival(0.0, 1.0).is_err());
         assert!(share("--x", 1.5).is_err() && share("--x", 0.0).is_ok());
+        let burst = crate::arrivals::Profile::parse(&default_burst(4000)).unwrap();
+        assert_eq!((burst.total(), burst.secs()), (4000.0, 2.0));
     }
 }

@@ -38,6 +38,11 @@ pub enum StartupError {
 const TRANSFER_RECOVERY_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 const TRANSFER_RECOVERY_AGE: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// The seed nodes for messages, passwords masked.
+fn redacted_nodes(settings: &Settings) -> String {
+    settings.redis_nodes.iter().map(|n| crate::backend::redact(n)).collect::<Vec<_>>().join(",")
+}
+
 /// A bound, wired, not yet serving instance.
 pub struct Application {
     listener: TcpListener,
@@ -58,7 +63,7 @@ pub struct Application {
 /// Connects to MySQL and applies the migrations (`flashgrab migrate`, and
 /// every `serve` start).
 pub async fn migrate(settings: &Settings) -> Result<Db, StartupError> {
-    let db = Db::connect(&settings.mysql_url, settings.mysql_max_connections, settings.mysql_timeout).await?;
+    let db = Db::connect_to(&settings.mysql(), settings.mysql_max_connections, settings.mysql_timeout).await?;
     db.migrate().await?;
     Ok(db)
 }
@@ -66,20 +71,20 @@ pub async fn migrate(settings: &Settings) -> Result<Db, StartupError> {
 impl Application {
     pub async fn build(settings: &Settings) -> Result<Self, StartupError> {
         let db = migrate(settings).await?;
-        let stock = StockStore::connect(&settings.redis_nodes, &settings.key_prefix, settings.redis_timeout)
+        let stock = StockStore::connect_to(&settings.redis(), &settings.key_prefix, settings.redis_timeout)
             .await
-            .map_err(|source| StartupError::Redis { nodes: settings.redis_nodes.join(","), source })?
+            .map_err(|source| StartupError::Redis { nodes: redacted_nodes(settings), source })?
             .with_durability(settings.durability)
             .with_claim_batch(settings.claim_batch)
             .with_breakers(settings.protect.breaker_failures, settings.protect.breaker_open)
             .await;
         let protection = Arc::new(Protection::new(&settings.protect));
-        let notices = Subscriber::new(&settings.redis_nodes, &settings.key_prefix, settings.redis_timeout);
+        let notices = Subscriber::to(settings.redis(), &settings.key_prefix, settings.redis_timeout);
         let metrics = Arc::new(PipelineMetrics::default());
         let relay = settings.run_relay.then(|| {
             Relay::new(
                 stock.clone(),
-                settings.amqp_url.clone(),
+                settings.amqp(),
                 metrics.clone(),
                 settings.redis_timeout,
                 settings.relay_reclaim_idle,
@@ -88,7 +93,7 @@ impl Application {
         });
         let worker = settings
             .run_persist
-            .then(|| PersistWorker::new(db.clone(), settings.amqp_url.clone(), &settings.key_prefix, metrics.clone()))
+            .then(|| PersistWorker::new(db.clone(), settings.amqp(), &settings.key_prefix, metrics.clone()))
             .map(|w| w.with_amqp_timeout(settings.amqp_timeout));
         let campaigns = CampaignService::new(db.clone(), stock.clone(), settings.campaign_cache_ttl);
         let claims =
@@ -97,14 +102,8 @@ impl Application {
         // settings; the publisher runs wherever the relay runs.
         let wake_events = Arc::new(tokio::sync::Notify::new());
         let events = settings.run_relay.then(|| {
-            EventPublisher::new(
-                db.clone(),
-                settings.amqp_url.clone(),
-                &settings.key_prefix,
-                wake_events.clone(),
-                metrics.clone(),
-            )
-            .with_amqp_timeout(settings.amqp_timeout)
+            EventPublisher::new(db.clone(), settings.amqp(), &settings.key_prefix, wake_events.clone(), metrics.clone())
+                .with_amqp_timeout(settings.amqp_timeout)
         });
         let coupons = CouponService::new(campaigns.clone(), claims.clone(), db.clone(), wake_events);
         let reports = ReportService::new(campaigns.clone(), db.clone());
@@ -114,13 +113,12 @@ impl Application {
             coupons,
             reports,
             admin_token: settings.admin_token.clone(),
-            jwt: JwtKeys::new(settings.user_jwt_secret.as_bytes()),
+            jwt: JwtKeys::new(settings.user_jwt_secret.as_bytes())
+                .with_previous(settings.user_jwt_secret_previous.as_deref().map(str::as_bytes))
+                .with_leeway(settings.jwt_leeway),
             stock,
             db,
-            amqp: AmqpProbe::new(
-                settings.amqp_url.clone(),
-                settings.redis_timeout.max(std::time::Duration::from_secs(2)),
-            ),
+            amqp: AmqpProbe::new(settings.amqp(), settings.redis_timeout.max(std::time::Duration::from_secs(2))),
             metrics,
             protection,
             trusted_proxy_header: settings.protect.trusted_proxy_header.clone(),

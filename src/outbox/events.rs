@@ -56,7 +56,7 @@ pub fn redemptions_body(events: &[RedemptionEvent]) -> Vec<u8> {
 
 pub struct EventPublisher {
     db: Db,
-    amqp_url: String,
+    amqp: crate::backend::AmqpTarget,
     topology: Topology,
     wake: Arc<Notify>,
     metrics: Arc<PipelineMetrics>,
@@ -66,8 +66,21 @@ pub struct EventPublisher {
 
 impl EventPublisher {
     /// `wake` is notified by the redeem service after each commit.
-    pub fn new(db: Db, amqp_url: String, prefix: &str, wake: Arc<Notify>, metrics: Arc<PipelineMetrics>) -> Self {
-        Self { db, amqp_url, topology: Topology::new(prefix), wake, metrics, amqp_timeout: super::DEFAULT_AMQP_TIMEOUT }
+    pub fn new(
+        db: Db,
+        amqp_url: impl Into<crate::backend::AmqpTarget>,
+        prefix: &str,
+        wake: Arc<Notify>,
+        metrics: Arc<PipelineMetrics>,
+    ) -> Self {
+        Self {
+            db,
+            amqp: amqp_url.into(),
+            topology: Topology::new(prefix),
+            wake,
+            metrics,
+            amqp_timeout: super::DEFAULT_AMQP_TIMEOUT,
+        }
     }
 
     /// The same publisher with another bound on RabbitMQ calls.
@@ -102,7 +115,7 @@ impl EventPublisher {
     /// broker errors end the session (reconnect).
     async fn session(&self, shutdown: &CancellationToken, backoff: &mut Backoff) -> Result<(), EventsError> {
         let t = self.amqp_timeout;
-        let (conn, ch) = open_confirmed_channel(&self.amqp_url, &self.topology, t).await?;
+        let (conn, ch) = open_confirmed_channel(&self.amqp, &self.topology, t).await?;
         loop {
             loop {
                 match self.pass(&ch).await {

@@ -114,6 +114,25 @@ impl AmqpTarget {
     }
 }
 
+/// True when `e` (or an error it wraps) is the TLS handshake refusing the
+/// peer's certificate: a configuration problem (wrong CA, wrong host name)
+/// that no retry fixes, unlike a broker that is down or restarting.
+pub fn is_certificate_error(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        #[cfg(feature = "tls")]
+        {
+            let inner = err.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref());
+            let tls = inner.and_then(|i| i.downcast_ref::<rustls::Error>()).or_else(|| err.downcast_ref());
+            if matches!(tls, Some(rustls::Error::InvalidCertificate(_))) {
+                return true;
+            }
+        }
+        cur = err.source();
+    }
+    false
+}
+
 impl std::fmt::Debug for AmqpTarget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AmqpTarget")

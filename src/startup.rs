@@ -27,6 +27,10 @@ use crate::stock::broadcast::{Notice, Subscriber};
 pub enum StartupError {
     #[error("cannot connect to the Redis Cluster at {nodes}: {source}")]
     Redis { nodes: String, source: crate::stock::StockError },
+    #[error(
+        "cannot connect to RabbitMQ at {url}: {source} (its certificate is not trusted: check FLASHGRAB_AMQP_CA_FILE / FLASHGRAB_TLS_CA_FILE and the host name)"
+    )]
+    AmqpCertificate { url: String, source: lapin::Error },
     #[error("cannot use MySQL: {0}")]
     Db(#[from] crate::db::DbError),
     #[error("cannot listen on {addr}: {source}")]
@@ -37,6 +41,28 @@ pub enum StartupError {
 /// lands a journaled transfer (a live one takes milliseconds).
 const TRANSFER_RECOVERY_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 const TRANSFER_RECOVERY_AGE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A broker that is down does not stop `serve` (the outbox keeps the claims
+/// until it is back), but one whose TLS certificate we do not trust never
+/// comes back by itself: over `amqps://` one connect at start tells them
+/// apart, and the second refuses to start.
+async fn check_amqp_certificate(settings: &Settings) -> Result<(), StartupError> {
+    let amqp = settings.amqp();
+    if !amqp.url.starts_with("amqps://") {
+        return Ok(());
+    }
+    match tokio::time::timeout(settings.amqp_timeout, amqp.connect()).await {
+        Ok(Err(source)) if crate::backend::is_certificate_error(&source) => {
+            Err(StartupError::AmqpCertificate { url: crate::backend::redact(&amqp.url), source })
+        }
+        Ok(Ok(conn)) => {
+            let _ = conn.close(200, "startup check".into()).await;
+            Ok(())
+        }
+        // Down or slow: the relay and the worker retry with backoff.
+        Ok(Err(_)) | Err(_) => Ok(()),
+    }
+}
 
 /// The seed nodes for messages, passwords masked.
 fn redacted_nodes(settings: &Settings) -> String {
@@ -78,6 +104,7 @@ impl Application {
             .with_claim_batch(settings.claim_batch)
             .with_breakers(settings.protect.breaker_failures, settings.protect.breaker_open)
             .await;
+        check_amqp_certificate(settings).await?;
         let protection = Arc::new(Protection::new(&settings.protect));
         let notices = Subscriber::to(settings.redis(), &settings.key_prefix, settings.redis_timeout);
         let metrics = Arc::new(PipelineMetrics::default());

@@ -111,7 +111,7 @@ async fn claims_reach_mysql_over_tls_with_passwords_on_all_three() {
         let r = http.post(format!("{base}/v1/campaigns/{id}/claim")).bearer_auth(token).send().await.unwrap();
         statuses.push(r.status().as_u16());
     }
-    assert_eq!(statuses, [201, 201, 201, 409], "three coupons, then sold out");
+    assert_eq!(statuses, [201, 201, 201, 410], "three coupons, then sold out (410)");
 
     // Through the outbox (Redis over TLS), the broker (AMQPS) and the
     // worker into MySQL (TLS): all three rows arrive.
@@ -152,6 +152,7 @@ async fn a_wrong_ca_fails_with_an_error_naming_the_backend() {
         };
         assert!(e.contains(named), "{setting}: {e:?} does not name {named}");
         assert!(e.contains("certificate"), "{setting}: {e:?} does not say it is the certificate");
+        eprintln!("{setting} = wrong CA: {e}");
     }
 }
 

@@ -131,6 +131,7 @@ impl Application {
         let events = settings.run_relay.then(|| {
             EventPublisher::new(db.clone(), settings.amqp(), &settings.key_prefix, wake_events.clone(), metrics.clone())
                 .with_amqp_timeout(settings.amqp_timeout)
+                .with_stock(stock.clone())
         });
         let coupons = CouponService::new(campaigns.clone(), claims.clone(), db.clone(), wake_events);
         let reports = ReportService::new(campaigns.clone(), db.clone());

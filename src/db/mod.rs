@@ -5,6 +5,7 @@
 
 pub mod campaigns;
 pub mod coupons;
+pub mod lifecycle;
 pub mod redemptions;
 pub mod reports;
 

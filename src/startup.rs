@@ -84,6 +84,8 @@ pub struct Application {
     shutdown_timeout: std::time::Duration,
     /// Grace period of the automatic archive pass (`None`: off).
     archive_after: Option<std::time::Duration>,
+    /// Connection bounds of the front door.
+    front: crate::config::FrontSettings,
 }
 
 /// Connects to MySQL and applies the migrations (`flashgrab migrate`, and
@@ -151,6 +153,7 @@ impl Application {
             protection,
             trusted_proxy_header: settings.protect.trusted_proxy_header.clone(),
             http_metrics: Default::default(),
+            connections: Default::default(),
         });
         let listener = TcpListener::bind(settings.listen)
             .await
@@ -164,6 +167,7 @@ impl Application {
             notices,
             shutdown_timeout: settings.shutdown_timeout,
             archive_after: settings.archive_after,
+            front: settings.front,
         })
     }
 
@@ -230,11 +234,11 @@ impl Application {
                 signalled.cancel();
             });
         }
+        let connections = self.state.connections.clone();
         let app = router(self.state);
-        let serve = axum::serve(self.listener, app.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(signalled.clone().cancelled_owned());
+        let serve = crate::http::server::serve(self.listener, app, self.front, connections, signalled.clone());
         let served = tokio::select! {
-            r = std::future::IntoFuture::into_future(serve) => r,
+            r = serve => r,
             () = async { signalled.cancelled().await; tokio::time::sleep(limit).await } => {
                 tracing::warn!(?limit, "requests still in flight at the shutdown deadline; not waiting for them");
                 Ok(())

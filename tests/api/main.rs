@@ -9,6 +9,7 @@ mod archive;
 mod campaigns;
 mod claims;
 mod concurrency;
+mod front_door;
 mod lifecycle;
 mod ops;
 mod persistence;

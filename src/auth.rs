@@ -2,8 +2,15 @@
 //!
 //! - Admin: a bearer token from configuration, compared in constant time.
 //! - Users: HS256 JWTs signed with the configured secret; `sub` is the user
-//!   id, `exp` is required and honoured, `nbf` honoured when present. Only
-//!   HS256 is accepted (no `alg: none`, no algorithm confusion).
+//!   id, `exp` is required and honoured, `nbf` honoured when present, both
+//!   with a small clock leeway (`FLASHGRAB_JWT_LEEWAY_SECS`: the issuer's
+//!   clock and ours are never exactly equal). Only HS256 is accepted (no
+//!   `alg: none`, no algorithm confusion).
+//! - Rotation: a second, previous secret is also accepted while the tokens
+//!   signed with it live (`FLASHGRAB_USER_JWT_SECRET_PREVIOUS`); new tokens
+//!   are signed with the current one only. The previous key is tried only
+//!   when the current one did not match, so the usual token costs nothing
+//!   more.
 //!
 //! Hand-rolled on `hmac` + `sha2` rather than a JWT crate: it is 100 lines,
 //! costs about a microsecond per claim on the hot path, and has exactly one
@@ -65,16 +72,34 @@ struct Claims {
     nbf: Option<i64>,
 }
 
-/// Signs and verifies user tokens with one secret.
+/// Signs user tokens with the current secret and verifies them with it or
+/// the previous one.
 #[derive(Clone)]
 pub struct JwtKeys {
     /// Keyed HMAC state, cloned per use (cheaper than re-keying).
     mac: HmacSha256,
+    /// The secret being rotated out, accepted for verification only.
+    previous: Option<HmacSha256>,
+    /// Seconds a token is still accepted after `exp` and before `nbf`.
+    leeway: i64,
 }
 
 impl JwtKeys {
+    /// Keys of one secret, no leeway.
     pub fn new(secret: &[u8]) -> Self {
-        Self { mac: HmacSha256::new_from_slice(secret).expect("HMAC accepts any key length") }
+        Self { mac: hmac_key(secret), previous: None, leeway: 0 }
+    }
+
+    /// Also accept tokens signed with `previous` (rotation).
+    pub fn with_previous(mut self, previous: Option<&[u8]>) -> Self {
+        self.previous = previous.map(hmac_key);
+        self
+    }
+
+    /// Accept `exp`/`nbf` off by up to `leeway`.
+    pub fn with_leeway(mut self, leeway: std::time::Duration) -> Self {
+        self.leeway = leeway.as_secs().min(i64::MAX as u64) as i64;
+        self
     }
 
     /// Verifies `token` at unix time `now` and returns the user id.
@@ -99,11 +124,16 @@ impl JwtKeys {
         // 32 bytes of HMAC-SHA256; the decoder wants room for its estimate.
         let mut sig = [0u8; 48];
         let n = URL_SAFE_NO_PAD.decode_slice(s, &mut sig).map_err(|_| TokenError::Malformed)?;
-        let mut mac = self.mac.clone();
-        mac.update(h.as_bytes());
-        mac.update(b".");
-        mac.update(p.as_bytes());
-        mac.verify_slice(&sig[..n]).map_err(|_| TokenError::Signature)?;
+        let signed_by = |key: &HmacSha256| {
+            let mut mac = key.clone();
+            mac.update(h.as_bytes());
+            mac.update(b".");
+            mac.update(p.as_bytes());
+            mac.verify_slice(&sig[..n]).is_ok()
+        };
+        if !signed_by(&self.mac) && !self.previous.as_ref().is_some_and(signed_by) {
+            return Err(TokenError::Signature);
+        }
         let mut stack = [0u8; 512];
         let heap;
         let payload: &[u8] = if p.len() <= 680 {
@@ -114,10 +144,10 @@ impl JwtKeys {
             &heap
         };
         let claims: BorrowedClaims = serde_json::from_slice(payload).map_err(|_| TokenError::Malformed)?;
-        if now >= claims.exp {
+        if now.saturating_sub(self.leeway) >= claims.exp {
             return Err(TokenError::Expired);
         }
-        if claims.nbf.is_some_and(|nbf| now < nbf) {
+        if claims.nbf.is_some_and(|nbf| now.saturating_add(self.leeway) < nbf) {
             return Err(TokenError::NotYetValid);
         }
         UserId::parse(&claims.sub).ok_or(TokenError::Subject)
@@ -136,6 +166,10 @@ impl JwtKeys {
         let sig = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
         format!("{header}.{payload}.{sig}")
     }
+}
+
+fn hmac_key(secret: &[u8]) -> HmacSha256 {
+    HmacSha256::new_from_slice(secret).expect("HMAC accepts any key length")
 }
 
 /// Constant-time equality for the admin token.
@@ -215,6 +249,39 @@ mod tests {
         let none = URL_SAFE_NO_PAD.encode(br#"{"alg":"none"}"#);
         parts[0] = &none;
         assert_eq!(k.verify(&parts.join("."), NOW), Err(TokenError::Algorithm));
+    }
+
+    #[test]
+    fn rotation_accepts_the_current_and_the_previous_secret_only() {
+        let (current, previous, stranger) = (JwtKeys::new(b"current"), JwtKeys::new(b"previous"), JwtKeys::new(b"x"));
+        let k = JwtKeys::new(b"current").with_previous(Some(b"previous"));
+        assert_eq!(k.verify(&current.sign("by-current", NOW + 60), NOW).unwrap().as_str(), "by-current");
+        assert_eq!(k.verify(&previous.sign("by-previous", NOW + 60), NOW).unwrap().as_str(), "by-previous");
+        assert_eq!(k.verify(&stranger.sign("u", NOW + 60), NOW), Err(TokenError::Signature));
+        // Signing uses the current secret, and without a previous one the old tokens stop.
+        assert!(current.verify(&k.sign("u", NOW + 60), NOW).is_ok());
+        assert_eq!(current.verify(&previous.sign("u", NOW + 60), NOW), Err(TokenError::Signature));
+        // Expiry is checked whichever secret signed.
+        assert_eq!(k.verify(&previous.sign("u", NOW - 1), NOW), Err(TokenError::Expired));
+    }
+
+    #[test]
+    fn leeway_on_exp_and_nbf() {
+        let k = JwtKeys::new(b"k").with_leeway(std::time::Duration::from_secs(30));
+        assert!(k.verify(&k.sign("u", NOW - 29), NOW).is_ok(), "expired 29 s ago, within 30 s");
+        assert_eq!(k.verify(&k.sign("u", NOW - 30), NOW), Err(TokenError::Expired));
+        let with_nbf = |nbf: i64| {
+            let h = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+            let p = URL_SAFE_NO_PAD.encode(format!(r#"{{"sub":"u","exp":{},"nbf":{nbf}}}"#, NOW + 600));
+            let mut mac = k.mac.clone();
+            mac.update(format!("{h}.{p}").as_bytes());
+            format!("{h}.{p}.{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
+        };
+        assert!(k.verify(&with_nbf(NOW + 30), NOW).is_ok(), "valid 30 s from now, within leeway");
+        assert_eq!(k.verify(&with_nbf(NOW + 31), NOW), Err(TokenError::NotYetValid));
+        // No leeway: strict.
+        let strict = JwtKeys::new(b"k");
+        assert_eq!(strict.verify(&k.sign("u", NOW - 1), NOW), Err(TokenError::Expired));
     }
 
     #[test]

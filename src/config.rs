@@ -5,7 +5,8 @@
 //! and without the prefix).
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
@@ -37,8 +38,25 @@ pub struct Settings {
     pub redis_nodes: Vec<String>,
     pub amqp_url: String,
     pub mysql_url: String,
+    /// PEM of a private CA for `rediss://` (`FLASHGRAB_REDIS_CA_FILE`, else
+    /// `FLASHGRAB_TLS_CA_FILE`); `None`: the system roots.
+    pub redis_ca: Option<Arc<Vec<u8>>>,
+    /// PEM of a private CA for `amqps://` (`FLASHGRAB_AMQP_CA_FILE`, else
+    /// `FLASHGRAB_TLS_CA_FILE`).
+    pub amqp_ca: Option<Arc<str>>,
+    /// A private CA for MySQL (`FLASHGRAB_MYSQL_CA_FILE`, else
+    /// `FLASHGRAB_TLS_CA_FILE`): TLS required, certificate and host verified.
+    pub mysql_ca_file: Option<PathBuf>,
     pub admin_token: String,
     pub user_jwt_secret: String,
+    /// The secret before the current one, still accepted while tokens
+    /// signed with it are alive (`FLASHGRAB_USER_JWT_SECRET_PREVIOUS`).
+    pub user_jwt_secret_previous: Option<String>,
+    /// Clock skew allowed on a token's `exp` and `nbf`
+    /// (`FLASHGRAB_JWT_LEEWAY_SECS`, default 30).
+    pub jwt_leeway: Duration,
+    /// Connection hygiene of the HTTP front door.
+    pub front: FrontSettings,
     /// Prefix of Redis keys, queue and exchange names.
     pub key_prefix: String,
     /// Upper bound of any single Redis call.
@@ -130,27 +148,104 @@ impl Default for ProtectSettings {
     }
 }
 
+/// How the front door treats connections (see `http::server`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrontSettings {
+    /// A request's header must arrive within this
+    /// (`FLASHGRAB_HEADER_READ_TIMEOUT_MS`, default 5 s).
+    pub header_read_timeout: Duration,
+    /// A keep-alive connection with no request in flight is closed after
+    /// this (`FLASHGRAB_IDLE_TIMEOUT_MS`, default 60 s).
+    pub idle_timeout: Duration,
+    /// Open connections per instance at most; more are closed at once
+    /// (`FLASHGRAB_MAX_CONNECTIONS`, default 10,000).
+    pub max_connections: usize,
+}
+
+impl Default for FrontSettings {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 10_000,
+        }
+    }
+}
+
 impl std::fmt::Debug for Settings {
+    /// Never shows a secret: passwords in URLs are masked, tokens left out.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Settings")
             .field("listen", &self.listen)
-            .field("redis_nodes", &self.redis_nodes)
-            .field("amqp_url", &redact(&self.amqp_url))
-            .field("mysql_url", &redact(&self.mysql_url))
+            .field("redis", &self.redis())
+            .field("amqp", &self.amqp())
+            .field("mysql", &self.mysql())
             .field("key_prefix", &self.key_prefix)
+            .field("jwt_previous_secret", &self.user_jwt_secret_previous.is_some())
+            .field("jwt_leeway", &self.jwt_leeway)
+            .field("front", &self.front)
             .finish_non_exhaustive()
     }
 }
 
-/// Hides the password of a URL for logs.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => match url[s + 3..at].find(':') {
-            Some(c) => format!("{}:***{}", &url[..s + 3 + c], &url[at..]),
-            None => url.to_owned(),
-        },
-        _ => url.to_owned(),
+impl Settings {
+    /// The Redis Cluster to connect to, with its CA.
+    pub fn redis(&self) -> crate::backend::RedisTarget {
+        crate::backend::RedisTarget { nodes: self.redis_nodes.clone(), ca_pem: self.redis_ca.clone() }
     }
+
+    /// The broker to connect to, with its CA.
+    pub fn amqp(&self) -> crate::backend::AmqpTarget {
+        crate::backend::AmqpTarget { url: self.amqp_url.clone(), ca_pem: self.amqp_ca.clone() }
+    }
+
+    /// The database to connect to, with its CA.
+    pub fn mysql(&self) -> crate::backend::MysqlTarget {
+        crate::backend::MysqlTarget { url: self.mysql_url.clone(), ca_file: self.mysql_ca_file.clone() }
+    }
+}
+
+/// A secret from `FLASHGRAB_<NAME>` or from the file named by
+/// `FLASHGRAB_<NAME>_FILE` (the Docker/Kubernetes secrets convention; one
+/// trailing newline is dropped), not both. `Ok(None)`: neither is set.
+fn secret(env: &impl Fn(&str) -> Option<String>, name: &str) -> Result<Option<String>, ConfigError> {
+    let direct = env(&format!("FLASHGRAB_{name}")).filter(|v| !v.is_empty());
+    let file_setting = format!("FLASHGRAB_{name}_FILE");
+    let Some(path) = env(&file_setting).filter(|v| !v.is_empty()) else {
+        return Ok(direct);
+    };
+    if direct.is_some() {
+        return Err(err(&file_setting, format!("set either FLASHGRAB_{name} or {file_setting}, not both")));
+    }
+    let text = std::fs::read_to_string(&path).map_err(|e| err(&file_setting, format!("cannot read {path}: {e}")))?;
+    let value = text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text);
+    if value.is_empty() {
+        return Err(err(&file_setting, format!("{path} is empty")));
+    }
+    Ok(Some(value.to_owned()))
+}
+
+/// A PEM CA file named by `setting` (or the shared `FLASHGRAB_TLS_CA_FILE`):
+/// its path and contents, checked to hold at least one certificate.
+fn ca_file(env: &impl Fn(&str) -> Option<String>, setting: &str) -> Result<Option<(PathBuf, String)>, ConfigError> {
+    let (name, path) = match env(setting).filter(|v| !v.is_empty()) {
+        Some(p) => (setting, p),
+        None => match env("FLASHGRAB_TLS_CA_FILE").filter(|v| !v.is_empty()) {
+            Some(p) => ("FLASHGRAB_TLS_CA_FILE", p),
+            None => return Ok(None),
+        },
+    };
+    if !crate::backend::TLS_COMPILED {
+        return Err(err(
+            name,
+            "TLS is not compiled into this build (the `tls` cargo feature): rebuild with default features",
+        ));
+    }
+    let pem = std::fs::read_to_string(&path).map_err(|e| err(name, format!("cannot read {path}: {e}")))?;
+    if !pem.contains("-----BEGIN CERTIFICATE-----") {
+        return Err(err(name, format!("{path} holds no PEM certificate (-----BEGIN CERTIFICATE-----)")));
+    }
+    Ok(Some((PathBuf::from(path), pem)))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -270,16 +365,25 @@ impl Settings {
         if redis_nodes.is_empty() {
             return Err(err("FLASHGRAB_REDIS_NODES", "give at least one node, e.g. redis://127.0.0.1:7000"));
         }
+        let tls = crate::backend::TLS_COMPILED;
         for n in &redis_nodes {
-            if !(n.starts_with("redis://") || n.starts_with("rediss://")) {
-                return Err(err("FLASHGRAB_REDIS_NODES", format!("{n:?} is not a redis:// URL")));
-            }
+            crate::backend::check_scheme(n, "redis", "rediss", tls).map_err(|e| err("FLASHGRAB_REDIS_NODES", e))?;
         }
+        let redis_nodes = match secret(&env, "REDIS_PASSWORD")? {
+            None => redis_nodes,
+            Some(pw) => redis_nodes
+                .iter()
+                .map(|n| crate::backend::with_password(n, &pw))
+                .collect::<Result<_, _>>()
+                .map_err(|e| err("FLASHGRAB_REDIS_NODES", e))?,
+        };
 
         let amqp_url = pick("AMQP_URL", file.amqp_url, Some(DEFAULT_AMQP_URL)).unwrap_or_default();
-        if !(amqp_url.starts_with("amqp://") || amqp_url.starts_with("amqps://")) {
-            return Err(err("FLASHGRAB_AMQP_URL", "must be an amqp:// URL"));
-        }
+        crate::backend::check_scheme(&amqp_url, "amqp", "amqps", tls).map_err(|e| err("FLASHGRAB_AMQP_URL", e))?;
+        let amqp_url = match secret(&env, "AMQP_PASSWORD")? {
+            None => amqp_url,
+            Some(pw) => crate::backend::with_password(&amqp_url, &pw).map_err(|e| err("FLASHGRAB_AMQP_URL", e))?,
+        };
         let mysql_url = pick("MYSQL_URL", file.mysql_url, Some(DEFAULT_MYSQL_URL)).unwrap_or_default();
         if !mysql_url.starts_with("mysql://") {
             return Err(err(
@@ -291,8 +395,25 @@ impl Settings {
             return Err(err("FLASHGRAB_MYSQL_URL", "must name a database, e.g. mysql://root@127.0.0.1:3306/flashgrab"));
         }
 
+        if !tls
+            && mysql_url.to_ascii_lowercase().contains("ssl-mode=")
+            && !mysql_url.to_ascii_lowercase().contains("ssl-mode=disabled")
+        {
+            return Err(err(
+                "FLASHGRAB_MYSQL_URL",
+                "ssl-mode asks for TLS, which is not compiled into this build (the `tls` cargo feature)",
+            ));
+        }
+        let mysql_url = match secret(&env, "MYSQL_PASSWORD")? {
+            None => mysql_url,
+            Some(pw) => crate::backend::with_password(&mysql_url, &pw).map_err(|e| err("FLASHGRAB_MYSQL_URL", e))?,
+        };
+        let redis_ca = ca_file(&env, "FLASHGRAB_REDIS_CA_FILE")?.map(|(_, pem)| Arc::new(pem.into_bytes()));
+        let amqp_ca = ca_file(&env, "FLASHGRAB_AMQP_CA_FILE")?.map(|(_, pem)| Arc::<str>::from(pem));
+        let mysql_ca_file = ca_file(&env, "FLASHGRAB_MYSQL_CA_FILE")?.map(|(path, _)| path);
+
         let mut generated_secrets = false;
-        let admin_token = match pick("ADMIN_TOKEN", file.admin_token, None) {
+        let admin_token = match secret(&env, "ADMIN_TOKEN")?.or(file.admin_token) {
             Some(t) => t,
             None if dev => {
                 generated_secrets = true;
@@ -306,7 +427,7 @@ impl Settings {
         if admin_token.len() < 16 {
             return Err(err("FLASHGRAB_ADMIN_TOKEN", "must be at least 16 characters"));
         }
-        let user_jwt_secret = match pick("USER_JWT_SECRET", file.user_jwt_secret, None) {
+        let user_jwt_secret = match secret(&env, "USER_JWT_SECRET")?.or(file.user_jwt_secret) {
             Some(t) => t,
             None if dev => {
                 generated_secrets = true;
@@ -320,6 +441,33 @@ impl Settings {
         if user_jwt_secret.len() < 32 {
             return Err(err("FLASHGRAB_USER_JWT_SECRET", "must be at least 32 bytes"));
         }
+        let user_jwt_secret_previous = secret(&env, "USER_JWT_SECRET_PREVIOUS")?;
+        if user_jwt_secret_previous.as_ref().is_some_and(|p| p.len() < 32) {
+            return Err(err("FLASHGRAB_USER_JWT_SECRET_PREVIOUS", "must be at least 32 bytes"));
+        }
+        let jwt_leeway_secs = num("JWT_LEEWAY_SECS", None, 30)?;
+        if jwt_leeway_secs > 600 {
+            return Err(err("FLASHGRAB_JWT_LEEWAY_SECS", "must be between 0 and 600"));
+        }
+        let front_defaults = FrontSettings::default();
+        let header_read_ms =
+            num("HEADER_READ_TIMEOUT_MS", None, front_defaults.header_read_timeout.as_millis() as u64)?;
+        let idle_ms = num("IDLE_TIMEOUT_MS", None, front_defaults.idle_timeout.as_millis() as u64)?;
+        let max_connections = num("MAX_CONNECTIONS", None, front_defaults.max_connections as u64)?;
+        for (name, v, lo, hi) in [
+            ("FLASHGRAB_HEADER_READ_TIMEOUT_MS", header_read_ms, 100, 600_000),
+            ("FLASHGRAB_IDLE_TIMEOUT_MS", idle_ms, 100, 3_600_000),
+            ("FLASHGRAB_MAX_CONNECTIONS", max_connections, 1, 10_000_000),
+        ] {
+            if !(lo..=hi).contains(&v) {
+                return Err(err(name, format!("must be between {lo} and {hi}")));
+            }
+        }
+        let front = FrontSettings {
+            header_read_timeout: Duration::from_millis(header_read_ms),
+            idle_timeout: Duration::from_millis(idle_ms),
+            max_connections: max_connections as usize,
+        };
 
         let key_prefix = pick("KEY_PREFIX", file.key_prefix, Some(DEFAULT_KEY_PREFIX)).unwrap_or_default();
         let prefix_ok = (1..=32).contains(&key_prefix.len())
@@ -438,8 +586,14 @@ impl Settings {
             redis_nodes,
             amqp_url,
             mysql_url,
+            redis_ca,
+            amqp_ca,
+            mysql_ca_file,
             admin_token,
             user_jwt_secret,
+            user_jwt_secret_previous,
+            jwt_leeway: Duration::from_secs(jwt_leeway_secs),
+            front,
             key_prefix,
             redis_timeout: Duration::from_millis(redis_timeout_ms),
             mysql_timeout: Duration::from_millis(mysql_timeout_ms),
@@ -586,8 +740,80 @@ mod tests {
     }
 
     #[test]
-    fn redacts_passwords() {
-        assert_eq!(redact("amqp://guest:guest@h:5672/%2f"), "amqp://guest:***@h:5672/%2f");
-        assert_eq!(redact("mysql://root@h/db"), "mysql://root@h/db");
+    fn secrets_come_from_files_and_never_show_in_debug() {
+        let dir = std::env::temp_dir().join(format!("fg-secrets-{}", ulid::Ulid::new()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = |name: &str, text: &str| {
+            let p = dir.join(name);
+            std::fs::write(&p, text).unwrap();
+            p.to_string_lossy().into_owned()
+        };
+        let (admin, jwt, prev) =
+            (f("admin", "admin-from-file-0123456789\n"), f("jwt", &"j".repeat(40)), f("prev", &"p".repeat(32)));
+        let (rpw, apw, mpw) = (f("r", "redis-pw-X1\n"), f("a", "amqp/pw@Y2"), f("m", "mysql-pw-Z3\r\n"));
+        let pairs = [
+            ("FLASHGRAB_ADMIN_TOKEN_FILE", admin.as_str()),
+            ("FLASHGRAB_USER_JWT_SECRET_FILE", jwt.as_str()),
+            ("FLASHGRAB_USER_JWT_SECRET_PREVIOUS_FILE", prev.as_str()),
+            ("FLASHGRAB_REDIS_NODES", "redis://fg@127.0.0.1:7000,redis://fg@127.0.0.1:7001"),
+            ("FLASHGRAB_REDIS_PASSWORD_FILE", rpw.as_str()),
+            ("FLASHGRAB_AMQP_URL", "amqp://fg@127.0.0.1:5672/%2f"),
+            ("FLASHGRAB_AMQP_PASSWORD_FILE", apw.as_str()),
+            ("FLASHGRAB_MYSQL_URL", "mysql://fg@127.0.0.1:3306/flashgrab"),
+            ("FLASHGRAB_MYSQL_PASSWORD_FILE", mpw.as_str()),
+        ];
+        let s = Settings::load(None, env(&pairs), false).unwrap();
+        assert_eq!(s.admin_token, "admin-from-file-0123456789");
+        assert_eq!(s.user_jwt_secret, "j".repeat(40));
+        assert_eq!(s.user_jwt_secret_previous.as_deref(), Some("p".repeat(32).as_str()));
+        assert_eq!(s.redis_nodes[1], "redis://fg:redis-pw-X1@127.0.0.1:7001");
+        assert_eq!(s.amqp_url, "amqp://fg:amqp%2Fpw%40Y2@127.0.0.1:5672/%2f");
+        assert_eq!(s.mysql_url, "mysql://fg:mysql-pw-Z3@127.0.0.1:3306/flashgrab");
+        let shown = format!("{s:?}");
+        for secret in ["admin-from-file", "jjjj", "pppp", "redis-pw", "amqp%2Fpw", "mysql-pw"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        // Both forms at once, an unreadable file, an empty one: named.
+        let mut both = pairs.to_vec();
+        both.push(("FLASHGRAB_ADMIN_TOKEN", "admin-direct-0123456789"));
+        assert_eq!(Settings::load(None, env(&both), false).unwrap_err().setting, "FLASHGRAB_ADMIN_TOKEN_FILE");
+        let missing = [("FLASHGRAB_USER_JWT_SECRET_FILE", "/nonexistent/jwt")];
+        assert_eq!(Settings::load(None, env(&missing), true).unwrap_err().setting, "FLASHGRAB_USER_JWT_SECRET_FILE");
+        let empty = f("empty", "\n");
+        let e = [("FLASHGRAB_MYSQL_PASSWORD_FILE", empty.as_str())];
+        assert_eq!(Settings::load(None, env(&e), true).unwrap_err().setting, "FLASHGRAB_MYSQL_PASSWORD_FILE");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn ca_files_per_backend_or_shared() {
+        let dir = std::env::temp_dir().join(format!("fg-ca-{}", ulid::Ulid::new()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = dir.join("ca.pem");
+        std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n").unwrap();
+        let ca = ca.to_string_lossy().into_owned();
+        let mut pairs = SECRETS.to_vec();
+        pairs.push(("FLASHGRAB_TLS_CA_FILE", ca.as_str()));
+        let s = Settings::load(None, env(&pairs), false).unwrap();
+        assert!(s.redis_ca.is_some() && s.amqp_ca.is_some());
+        assert_eq!(s.mysql_ca_file.as_deref(), Some(Path::new(&ca)));
+        let not_pem = dir.join("x.pem");
+        std::fs::write(&not_pem, "hello").unwrap();
+        let np = not_pem.to_string_lossy().into_owned();
+        pairs.push(("FLASHGRAB_AMQP_CA_FILE", np.as_str()));
+        assert_eq!(Settings::load(None, env(&pairs), false).unwrap_err().setting, "FLASHGRAB_AMQP_CA_FILE");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn front_door_and_leeway_defaults() {
+        let s = Settings::load(None, env(&SECRETS), false).unwrap();
+        assert_eq!(s.front, FrontSettings::default());
+        assert_eq!(s.jwt_leeway, Duration::from_secs(30));
+        for k in ["FLASHGRAB_MAX_CONNECTIONS", "FLASHGRAB_HEADER_READ_TIMEOUT_MS", "FLASHGRAB_JWT_LEEWAY_SECS"] {
+            let mut pairs = SECRETS.to_vec();
+            pairs.push((k, "99999999999"));
+            assert_eq!(Settings::load(None, env(&pairs), false).unwrap_err().setting, k);
+        }
     }
 }

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use lapin::{Connection, ConnectionProperties};
+use lapin::Connection;
 use serde::Serialize;
 use tokio::sync::Mutex;
 
@@ -31,7 +31,7 @@ impl Readiness {
 
 /// Keeps an AMQP connection for health probes.
 pub struct AmqpProbe {
-    url: String,
+    amqp: crate::backend::AmqpTarget,
     conn: Mutex<Option<Connection>>,
     timeout: Duration,
     /// The broker's unavailability is logged once a second, not per probe.
@@ -39,8 +39,8 @@ pub struct AmqpProbe {
 }
 
 impl AmqpProbe {
-    pub fn new(url: String, timeout: Duration) -> Self {
-        Self { url, conn: Mutex::new(None), timeout, log: LogEvery::new() }
+    pub fn new(amqp: impl Into<crate::backend::AmqpTarget>, timeout: Duration) -> Self {
+        Self { amqp: amqp.into(), conn: Mutex::new(None), timeout, log: LogEvery::new() }
     }
 
     /// True when a connection to the broker is open (opening one if needed).
@@ -49,7 +49,7 @@ impl AmqpProbe {
         if guard.as_ref().is_some_and(|c| c.status().connected()) {
             return true;
         }
-        let connect = Connection::connect(&self.url, ConnectionProperties::default());
+        let connect = self.amqp.connect();
         match tokio::time::timeout(self.timeout, connect).await {
             Ok(Ok(c)) => {
                 *guard = Some(c);

@@ -15,13 +15,15 @@
 //! - [`domain`]: validated values with no I/O (campaign terms, ids, shard
 //!   routing maths).
 //! - [`auth`]: admin token and HS256 user JWTs (pure logic).
-//! - [`config`], [`telemetry`], [`startup`]: how a process is configured,
-//!   observed and wired.
+//! - [`config`], [`backend`], [`telemetry`], [`startup`]: how a process is
+//!   configured (settings, backend URLs, secrets, TLS trust), observed and
+//!   wired.
 //!
 //! See docs/ARCHITECTURE.md for the full picture and the failure model.
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod backend;
 pub mod config;
 pub mod db;
 pub mod domain;

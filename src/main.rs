@@ -242,12 +242,8 @@ async fn persist(settings: Settings) -> ExitCode {
         }
     };
     let metrics = std::sync::Arc::new(flashgrab::metrics::PipelineMetrics::default());
-    let worker = flashgrab::persist::worker::PersistWorker::new(
-        db,
-        settings.amqp_url.clone(),
-        &settings.key_prefix,
-        metrics.clone(),
-    );
+    let worker =
+        flashgrab::persist::worker::PersistWorker::new(db, settings.amqp(), &settings.key_prefix, metrics.clone());
     let token = tokio_util::sync::CancellationToken::new();
     let stop = token.clone();
     tokio::spawn(async move {
@@ -278,7 +274,7 @@ async fn reconcile(settings: Settings, campaign: &str, repair: bool) -> ExitCode
     let report = async {
         let db = startup::migrate(&settings).await.map_err(|e| e.to_string())?;
         let stock =
-            flashgrab::stock::StockStore::connect(&settings.redis_nodes, &settings.key_prefix, settings.redis_timeout)
+            flashgrab::stock::StockStore::connect_to(&settings.redis(), &settings.key_prefix, settings.redis_timeout)
                 .await
                 .map_err(|e| format!("redis cluster: {e}"))?;
         let c = db.get_campaign(&id).await.map_err(|e| e.to_string())?.ok_or_else(|| format!("no campaign {id}"))?;
@@ -305,7 +301,7 @@ async fn archive(settings: Settings, campaign: &str, after_secs: u64) -> ExitCod
     let outcome = async {
         let db = startup::migrate(&settings).await.map_err(|e| e.to_string())?;
         let stock =
-            flashgrab::stock::StockStore::connect(&settings.redis_nodes, &settings.key_prefix, settings.redis_timeout)
+            flashgrab::stock::StockStore::connect_to(&settings.redis(), &settings.key_prefix, settings.redis_timeout)
                 .await
                 .map_err(|e| format!("redis cluster: {e}"))?;
         let campaigns = CampaignService::new(db.clone(), stock.clone(), settings.campaign_cache_ttl);
@@ -334,7 +330,7 @@ async fn dlq(common: &Common, action: DlqAction) -> ExitCode {
         Ok(s) => s,
         Err(code) => return code,
     };
-    let (url, prefix, t) = (&settings.amqp_url, &settings.key_prefix, settings.amqp_timeout);
+    let (url, prefix, t) = (&settings.amqp(), &settings.key_prefix, settings.amqp_timeout);
     match action {
         DlqAction::List { limit } => match flashgrab::persist::dlq::list(url, prefix, limit, t).await {
             Ok(l) => {

@@ -27,6 +27,10 @@ use crate::stock::broadcast::{Notice, Subscriber};
 pub enum StartupError {
     #[error("cannot connect to the Redis Cluster at {nodes}: {source}")]
     Redis { nodes: String, source: crate::stock::StockError },
+    #[error(
+        "cannot connect to RabbitMQ at {url}: {source} (its certificate is not trusted: check FLASHGRAB_AMQP_CA_FILE / FLASHGRAB_TLS_CA_FILE and the host name)"
+    )]
+    AmqpCertificate { url: String, source: lapin::Error },
     #[error("cannot use MySQL: {0}")]
     Db(#[from] crate::db::DbError),
     #[error("cannot listen on {addr}: {source}")]
@@ -37,6 +41,33 @@ pub enum StartupError {
 /// lands a journaled transfer (a live one takes milliseconds).
 const TRANSFER_RECOVERY_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 const TRANSFER_RECOVERY_AGE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A broker that is down does not stop `serve` (the outbox keeps the claims
+/// until it is back), but one whose TLS certificate we do not trust never
+/// comes back by itself: over `amqps://` one connect at start tells them
+/// apart, and the second refuses to start.
+async fn check_amqp_certificate(settings: &Settings) -> Result<(), StartupError> {
+    let amqp = settings.amqp();
+    if !amqp.url.starts_with("amqps://") {
+        return Ok(());
+    }
+    match tokio::time::timeout(settings.amqp_timeout, amqp.connect()).await {
+        Ok(Err(source)) if crate::backend::is_certificate_error(&source) => {
+            Err(StartupError::AmqpCertificate { url: crate::backend::redact(&amqp.url), source })
+        }
+        Ok(Ok(conn)) => {
+            let _ = conn.close(200, "startup check".into()).await;
+            Ok(())
+        }
+        // Down or slow: the relay and the worker retry with backoff.
+        Ok(Err(_)) | Err(_) => Ok(()),
+    }
+}
+
+/// The seed nodes for messages, passwords masked.
+fn redacted_nodes(settings: &Settings) -> String {
+    settings.redis_nodes.iter().map(|n| crate::backend::redact(n)).collect::<Vec<_>>().join(",")
+}
 
 /// A bound, wired, not yet serving instance.
 pub struct Application {
@@ -53,12 +84,14 @@ pub struct Application {
     shutdown_timeout: std::time::Duration,
     /// Grace period of the automatic archive pass (`None`: off).
     archive_after: Option<std::time::Duration>,
+    /// Connection bounds of the front door.
+    front: crate::config::FrontSettings,
 }
 
 /// Connects to MySQL and applies the migrations (`flashgrab migrate`, and
 /// every `serve` start).
 pub async fn migrate(settings: &Settings) -> Result<Db, StartupError> {
-    let db = Db::connect(&settings.mysql_url, settings.mysql_max_connections, settings.mysql_timeout).await?;
+    let db = Db::connect_to(&settings.mysql(), settings.mysql_max_connections, settings.mysql_timeout).await?;
     db.migrate().await?;
     Ok(db)
 }
@@ -66,20 +99,21 @@ pub async fn migrate(settings: &Settings) -> Result<Db, StartupError> {
 impl Application {
     pub async fn build(settings: &Settings) -> Result<Self, StartupError> {
         let db = migrate(settings).await?;
-        let stock = StockStore::connect(&settings.redis_nodes, &settings.key_prefix, settings.redis_timeout)
+        let stock = StockStore::connect_to(&settings.redis(), &settings.key_prefix, settings.redis_timeout)
             .await
-            .map_err(|source| StartupError::Redis { nodes: settings.redis_nodes.join(","), source })?
+            .map_err(|source| StartupError::Redis { nodes: redacted_nodes(settings), source })?
             .with_durability(settings.durability)
             .with_claim_batch(settings.claim_batch)
             .with_breakers(settings.protect.breaker_failures, settings.protect.breaker_open)
             .await;
+        check_amqp_certificate(settings).await?;
         let protection = Arc::new(Protection::new(&settings.protect));
-        let notices = Subscriber::new(&settings.redis_nodes, &settings.key_prefix, settings.redis_timeout);
+        let notices = Subscriber::to(settings.redis(), &settings.key_prefix, settings.redis_timeout);
         let metrics = Arc::new(PipelineMetrics::default());
         let relay = settings.run_relay.then(|| {
             Relay::new(
                 stock.clone(),
-                settings.amqp_url.clone(),
+                settings.amqp(),
                 metrics.clone(),
                 settings.redis_timeout,
                 settings.relay_reclaim_idle,
@@ -88,7 +122,7 @@ impl Application {
         });
         let worker = settings
             .run_persist
-            .then(|| PersistWorker::new(db.clone(), settings.amqp_url.clone(), &settings.key_prefix, metrics.clone()))
+            .then(|| PersistWorker::new(db.clone(), settings.amqp(), &settings.key_prefix, metrics.clone()))
             .map(|w| w.with_amqp_timeout(settings.amqp_timeout));
         let campaigns = CampaignService::new(db.clone(), stock.clone(), settings.campaign_cache_ttl);
         let claims =
@@ -97,14 +131,9 @@ impl Application {
         // settings; the publisher runs wherever the relay runs.
         let wake_events = Arc::new(tokio::sync::Notify::new());
         let events = settings.run_relay.then(|| {
-            EventPublisher::new(
-                db.clone(),
-                settings.amqp_url.clone(),
-                &settings.key_prefix,
-                wake_events.clone(),
-                metrics.clone(),
-            )
-            .with_amqp_timeout(settings.amqp_timeout)
+            EventPublisher::new(db.clone(), settings.amqp(), &settings.key_prefix, wake_events.clone(), metrics.clone())
+                .with_amqp_timeout(settings.amqp_timeout)
+                .with_stock(stock.clone())
         });
         let coupons = CouponService::new(campaigns.clone(), claims.clone(), db.clone(), wake_events);
         let reports = ReportService::new(campaigns.clone(), db.clone());
@@ -116,17 +145,17 @@ impl Application {
             reports,
             live,
             admin_token: settings.admin_token.clone(),
-            jwt: JwtKeys::new(settings.user_jwt_secret.as_bytes()),
+            jwt: JwtKeys::new(settings.user_jwt_secret.as_bytes())
+                .with_previous(settings.user_jwt_secret_previous.as_deref().map(str::as_bytes))
+                .with_leeway(settings.jwt_leeway),
             stock,
             db,
-            amqp: AmqpProbe::new(
-                settings.amqp_url.clone(),
-                settings.redis_timeout.max(std::time::Duration::from_secs(2)),
-            ),
+            amqp: AmqpProbe::new(settings.amqp(), settings.redis_timeout.max(std::time::Duration::from_secs(2))),
             metrics,
             protection,
             trusted_proxy_header: settings.protect.trusted_proxy_header.clone(),
             http_metrics: Default::default(),
+            connections: Default::default(),
         });
         let listener = TcpListener::bind(settings.listen)
             .await
@@ -140,6 +169,7 @@ impl Application {
             notices,
             shutdown_timeout: settings.shutdown_timeout,
             archive_after: settings.archive_after,
+            front: settings.front,
         })
     }
 
@@ -216,11 +246,11 @@ impl Application {
                 live.shutdown();
             });
         }
+        let connections = self.state.connections.clone();
         let app = router(self.state);
-        let serve = axum::serve(self.listener, app.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(signalled.clone().cancelled_owned());
+        let serve = crate::http::server::serve(self.listener, app, self.front, connections, signalled.clone());
         let served = tokio::select! {
-            r = std::future::IntoFuture::into_future(serve) => r,
+            r = serve => r,
             () = async { signalled.cancelled().await; tokio::time::sleep(limit).await } => {
                 tracing::warn!(?limit, "requests still in flight at the shutdown deadline; not waiting for them");
                 Ok(())

@@ -7,6 +7,7 @@ pub mod campaigns;
 pub mod changes;
 pub mod coupons;
 pub mod exports;
+pub mod lifecycle;
 pub mod redemptions;
 pub mod reports;
 
@@ -41,10 +42,31 @@ impl Db {
     /// Connects, creating the database first if it does not exist (a fresh
     /// machine has only the server).
     pub async fn connect(url: &str, max_connections: u32, timeout: Duration) -> Result<Self> {
-        if !bounded(timeout, sqlx::MySql::database_exists(url)).await? {
-            bounded(timeout, sqlx::MySql::create_database(url)).await?;
+        Self::connect_to(&crate::backend::MysqlTarget::from(url), max_connections, timeout).await
+    }
+
+    /// [`Db::connect`] to a target that may name a private CA: then TLS is
+    /// required and the server's certificate and host name are verified.
+    pub async fn connect_to(
+        target: &crate::backend::MysqlTarget,
+        max_connections: u32,
+        timeout: Duration,
+    ) -> Result<Self> {
+        let url = target.url.as_str();
+        let with_tls = |o: MySqlConnectOptions| match &target.ca_file {
+            Some(ca) => o.ssl_mode(sqlx::mysql::MySqlSslMode::VerifyIdentity).ssl_ca(ca),
+            None => o,
+        };
+        if target.ca_file.is_none() {
+            if !bounded(timeout, sqlx::MySql::database_exists(url)).await? {
+                bounded(timeout, sqlx::MySql::create_database(url)).await?;
+            }
+        } else {
+            // The sqlx helpers take a URL and so cannot carry the CA: the
+            // same check over a connection of our own, to the server only.
+            create_database_if_missing(url, &with_tls, timeout).await?;
         }
-        let options: MySqlConnectOptions = url.parse()?;
+        let options: MySqlConnectOptions = with_tls(url.parse()?);
         let pool = MySqlPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(timeout)
@@ -70,6 +92,26 @@ impl Db {
     async fn run<T>(&self, fut: impl Future<Output = std::result::Result<T, sqlx::Error>>) -> Result<T> {
         bounded(self.timeout, fut).await
     }
+}
+
+/// `CREATE DATABASE IF NOT EXISTS` for the database named in `url`, over a
+/// connection to the server alone made with `tls` applied.
+async fn create_database_if_missing(
+    url: &str,
+    tls: &impl Fn(MySqlConnectOptions) -> MySqlConnectOptions,
+    timeout: Duration,
+) -> Result<()> {
+    use sqlx::{ConnectOptions, Connection};
+    let mut server = url::Url::parse(url).map_err(|e| DbError::Corrupt(format!("mysql url: {e}")))?;
+    let name = server.path().trim_start_matches('/').to_owned();
+    server.set_path("");
+    let options: MySqlConnectOptions = tls(server.as_str().parse()?);
+    let mut conn = bounded(timeout, options.connect()).await?;
+    // The name is the operator's own setting, quoted as an identifier.
+    let sql = sqlx::AssertSqlSafe(format!("CREATE DATABASE IF NOT EXISTS `{}`", name.replace('`', "``")));
+    bounded(timeout, sqlx::raw_sql(sql).execute(&mut conn)).await?;
+    let _ = conn.close().await;
+    Ok(())
 }
 
 async fn bounded<T>(timeout: Duration, fut: impl Future<Output = std::result::Result<T, sqlx::Error>>) -> Result<T> {

@@ -208,6 +208,27 @@ pub fn render(s: &AppState, live: &[(Arc<Campaign>, Arc<ClaimTally>)]) -> String
     let mut out = String::with_capacity(16 * 1024);
     s.http_metrics.render(&mut out, live);
 
+    let c = &s.connections;
+    let load = |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed);
+    family(&mut out, "flashgrab_http_connections_open", "gauge", "Client connections open now.");
+    let _ = writeln!(out, "flashgrab_http_connections_open {}", load(&c.open));
+    family(
+        &mut out,
+        "flashgrab_http_connections_total",
+        "counter",
+        "Client connections by outcome: accepted; refused (503 at FLASHGRAB_MAX_CONNECTIONS, all busy); \
+         closed: evicted (at the limit, to make room), header_timeout, idle_timeout.",
+    );
+    for (outcome, n) in [
+        ("accepted", load(&c.accepted)),
+        ("refused", load(&c.refused)),
+        ("evicted", load(&c.evicted)),
+        ("header_timeout", load(&c.header_timeouts)),
+        ("idle_timeout", load(&c.idle_timeouts)),
+    ] {
+        let _ = writeln!(out, "flashgrab_http_connections_total{{outcome=\"{outcome}\"}} {n}");
+    }
+
     let limits = &s.protection.limits;
     family(&mut out, "flashgrab_rate_limited_total", "counter", "Requests refused with 429, by limit.");
     let refused = [

@@ -1,5 +1,8 @@
-//! The HTTP front end (axum on hyper). Layer order, outermost first:
-//! metrics (every response counted by route and status), then `/v1`
+//! The HTTP front end (axum on hyper; the accept loop and connection bounds
+//! are in `server`). Layer order, outermost first: request id (tower-http:
+//! a malformed `x-request-id` dropped, a missing one made, the span every
+//! log line of the request is in, the id copied to the response: see
+//! `request_id`), metrics (every response counted by route and status), then `/v1`
 //! protection (per-address rate limit, admission bound for all but claim:
 //! see `protect`), then the 64 KiB body limit (413 before anything is
 //! read), then routing; auth and the per-user rate limit are done by
@@ -18,6 +21,8 @@ pub mod openapi;
 mod ops;
 pub mod protect;
 mod reports;
+pub mod request_id;
+pub mod server;
 
 use std::sync::Arc;
 
@@ -31,6 +36,8 @@ use chrono::{DateTime, SecondsFormat, Utc};
 
 pub use error::ApiError;
 pub use extract::parse_json;
+use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
 
 use crate::auth::JwtKeys;
 use crate::db::Db;
@@ -66,6 +73,8 @@ pub struct AppInner {
     pub trusted_proxy_header: Option<String>,
     /// Responses by route and status, claim outcomes and latency.
     pub http_metrics: metrics::HttpMetrics,
+    /// What the front door did with connections (`server`).
+    pub connections: Arc<server::ConnectionStats>,
 }
 
 impl std::ops::Deref for AppState {
@@ -161,6 +170,21 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn(refuse_large_bodies))
         .layer(middleware::from_fn_with_state(state.clone(), protect::guard))
         .layer(middleware::from_fn_with_state(state.clone(), metrics::record))
+        .layer(
+            tower::ServiceBuilder::new()
+                .map_request(request_id::drop_malformed)
+                .layer(SetRequestIdLayer::new(request_id::X_REQUEST_ID, request_id::MakeUlid))
+                .layer(
+                    TraceLayer::new_for_http()
+                        .make_span_with(request_id::span)
+                        .on_request(())
+                        .on_response(())
+                        .on_body_chunk(())
+                        .on_eos(())
+                        .on_failure(()),
+                )
+                .layer(PropagateRequestIdLayer::new(request_id::X_REQUEST_ID)),
+        )
         .with_state(state)
 }
 

@@ -10,6 +10,14 @@
 //! crash between confirm and stamp resends it): consumers deduplicate by the
 //! row `id`. Message shape, like the claim events:
 //! `{"kind":"redemptions","redemptions":[{"id","action","coupon_id",...}]}`.
+//!
+//! Campaign lifecycle events (`db::lifecycle`) leave the same way, one
+//! message each, routing key = kind: `campaign.started`, `campaign.sold_out`,
+//! `campaign.closed`, `campaign.ended`, body
+//! `{"kind","id":"<campaign_id>:<fact>","campaign_id","at"}` (`id` is the
+//! same for every copy: deduplicate on it). Each pass first records the facts
+//! that came due (sold out: every unit granted, read from Redis for the
+//! campaigns started and not ended for long).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::topology::Topology;
 use super::{QueueError, amqp_call, open_confirmed_channel};
+use crate::db::lifecycle::LifecycleEvent;
 use crate::db::redemptions::RedemptionEvent;
 use crate::db::{Db, DbError};
 use crate::metrics::{Backoff, PipelineMetrics, pause_after_failure};
@@ -33,6 +42,9 @@ pub const REDEMPTION_ROUTING_KEY: &str = "redemption";
 /// Look for unsent rows at least this often (a redeem also wakes it).
 const POLL: Duration = Duration::from_secs(1);
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a publisher holds the lifecycle rows it is sending; past it
+/// (the publisher died) another one sends them.
+const LIFECYCLE_LEASE: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum EventsError {
@@ -48,6 +60,17 @@ impl From<lapin::Error> for EventsError {
     }
 }
 
+/// `{"kind":"campaign.<fact>","id":"<campaign_id>:<fact>","campaign_id","at"}`.
+pub fn lifecycle_body(e: &LifecycleEvent) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "kind": format!("campaign.{}", e.kind),
+        "id": e.id(),
+        "campaign_id": e.campaign_id,
+        "at": crate::http::rfc3339(e.at),
+    }))
+    .expect("plain structs always serialize")
+}
+
 /// `{"kind":"redemptions","redemptions":[...]}`.
 pub fn redemptions_body(events: &[RedemptionEvent]) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({ "kind": "redemptions", "redemptions": events }))
@@ -56,18 +79,43 @@ pub fn redemptions_body(events: &[RedemptionEvent]) -> Vec<u8> {
 
 pub struct EventPublisher {
     db: Db,
-    amqp_url: String,
+    amqp: crate::backend::AmqpTarget,
     topology: Topology,
     wake: Arc<Notify>,
     metrics: Arc<PipelineMetrics>,
     /// Bound of every RabbitMQ call.
     amqp_timeout: Duration,
+    /// Where sold out is read; `None`: no sold_out events from this one.
+    stock: Option<crate::stock::StockStore>,
+    /// This publisher's name on the lifecycle rows it leases.
+    owner: String,
 }
 
 impl EventPublisher {
     /// `wake` is notified by the redeem service after each commit.
-    pub fn new(db: Db, amqp_url: String, prefix: &str, wake: Arc<Notify>, metrics: Arc<PipelineMetrics>) -> Self {
-        Self { db, amqp_url, topology: Topology::new(prefix), wake, metrics, amqp_timeout: super::DEFAULT_AMQP_TIMEOUT }
+    pub fn new(
+        db: Db,
+        amqp_url: impl Into<crate::backend::AmqpTarget>,
+        prefix: &str,
+        wake: Arc<Notify>,
+        metrics: Arc<PipelineMetrics>,
+    ) -> Self {
+        Self {
+            db,
+            amqp: amqp_url.into(),
+            topology: Topology::new(prefix),
+            wake,
+            metrics,
+            amqp_timeout: super::DEFAULT_AMQP_TIMEOUT,
+            stock: None,
+            owner: ulid::Ulid::new().to_string(),
+        }
+    }
+
+    /// Also record sold-out facts, read from `stock`.
+    pub fn with_stock(mut self, stock: crate::stock::StockStore) -> Self {
+        self.stock = Some(stock);
+        self
     }
 
     /// The same publisher with another bound on RabbitMQ calls.
@@ -102,7 +150,7 @@ impl EventPublisher {
     /// broker errors end the session (reconnect).
     async fn session(&self, shutdown: &CancellationToken, backoff: &mut Backoff) -> Result<(), EventsError> {
         let t = self.amqp_timeout;
-        let (conn, ch) = open_confirmed_channel(&self.amqp_url, &self.topology, t).await?;
+        let (conn, ch) = open_confirmed_channel(&self.amqp, &self.topology, t).await?;
         loop {
             loop {
                 match self.pass(&ch).await {
@@ -132,8 +180,70 @@ impl EventPublisher {
         }
     }
 
-    /// Sends one batch of unsent rows; returns how many.
+    /// Records the lifecycle facts now due and sends the unsent ones.
+    async fn lifecycle_pass(&self, ch: &Channel) -> Result<usize, EventsError> {
+        let now = Utc::now();
+        self.db.record_due_lifecycle(now).await?;
+        if let Some(stock) = &self.stock {
+            let mut sold_out = Vec::new();
+            for id in self.db.campaigns_selling(now).await? {
+                let Some(c) = crate::domain::CampaignId::parse(&id) else { continue };
+                let Some(c) = self.db.get_campaign(&c).await? else { continue };
+                match stock.shard_stats(&c).await {
+                    // Every unit granted (a close or the end does not grant
+                    // units, so neither looks like a sell-out).
+                    Ok(shards) if shards.iter().map(|s| s.claimed).sum::<u64>() >= c.total_stock => {
+                        sold_out.push(LifecycleEvent { campaign_id: id, kind: "sold_out".into(), at: now });
+                    }
+                    Ok(_) => {}
+                    // Looked at again next pass.
+                    Err(e) => tracing::debug!(error = %e, campaign = %id, "sold-out check skipped"),
+                }
+            }
+            self.db.record_lifecycle(&sold_out, now).await?;
+        }
+        let events = self.db.lease_unpublished_lifecycle(&self.owner, LIFECYCLE_LEASE, BATCH, Utc::now()).await?;
+        if events.is_empty() {
+            return Ok(0);
+        }
+        let mut confirms = Vec::with_capacity(events.len());
+        for e in &events {
+            let props = BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_content_type("application/json".into())
+                .with_message_id(e.id().into());
+            let routing = format!("campaign.{}", e.kind);
+            confirms.push(
+                amqp_call(
+                    self.amqp_timeout,
+                    ch.basic_publish(
+                        self.topology.events_exchange.as_str().into(),
+                        routing.as_str().into(),
+                        BasicPublishOptions::default(),
+                        &lifecycle_body(e),
+                        props,
+                    ),
+                )
+                .await?,
+            );
+        }
+        for confirm in confirms {
+            let c = tokio::time::timeout(CONFIRM_TIMEOUT, confirm)
+                .await
+                .map_err(|_| QueueError::Timeout(CONFIRM_TIMEOUT))?
+                .map_err(QueueError::Amqp)?;
+            if !c.is_ack() {
+                return Err(QueueError::Nacked("lifecycle events: nack".into()).into());
+            }
+        }
+        self.db.mark_lifecycle_published(&events, Utc::now()).await?;
+        Ok(events.len())
+    }
+
+    /// Sends one batch of unsent rows (and the lifecycle facts); returns how
+    /// many redemption rows.
     async fn pass(&self, ch: &Channel) -> Result<usize, EventsError> {
+        self.lifecycle_pass(ch).await?;
         let events = self.db.unpublished_redemptions(BATCH).await?;
         if events.is_empty() {
             return Ok(0);

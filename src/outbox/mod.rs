@@ -52,11 +52,11 @@ pub async fn amqp_call<T>(
 /// declares the topology, each step bounded by `timeout`: the start of every
 /// session of the relay, the persist worker and the event publisher.
 pub async fn open_confirmed_channel(
-    url: &str,
+    amqp: &crate::backend::AmqpTarget,
     topology: &topology::Topology,
     timeout: std::time::Duration,
 ) -> Result<(lapin::Connection, lapin::Channel), QueueError> {
-    let conn = amqp_call(timeout, lapin::Connection::connect(url, lapin::ConnectionProperties::default())).await?;
+    let conn = amqp_call(timeout, amqp.connect()).await?;
     let ch = amqp_call(timeout, conn.create_channel()).await?;
     amqp_call(timeout, ch.confirm_select(lapin::options::ConfirmSelectOptions::default())).await?;
     amqp_call(timeout, topology.declare(&ch)).await?;

@@ -162,7 +162,7 @@ fn id_ms(id: &str) -> u64 {
 
 pub struct Relay {
     stock: StockStore,
-    amqp_url: String,
+    amqp: crate::backend::AmqpTarget,
     topology: Topology,
     group: String,
     consumer: String,
@@ -193,7 +193,7 @@ const HELD: u8 = 2;
 impl Relay {
     pub fn new(
         stock: StockStore,
-        amqp_url: String,
+        amqp_url: impl Into<crate::backend::AmqpTarget>,
         metrics: Arc<PipelineMetrics>,
         redis_timeout: Duration,
         reclaim_idle: Duration,
@@ -202,7 +202,7 @@ impl Relay {
         let gate = (0..stock.keys().buckets()).map(|_| AtomicU8::new(COLD)).collect();
         Self {
             stock,
-            amqp_url,
+            amqp: amqp_url.into(),
             topology: Topology::new(&prefix),
             group: format!("{prefix}-relay"),
             consumer: format!("relay-{}", ulid::Ulid::new()),
@@ -287,7 +287,7 @@ impl Relay {
     /// ends the session: then nothing can be relayed anyway.
     async fn session(&self, shutdown: &CancellationToken, backoff: &mut Backoff) -> Result<(), RelayError> {
         let t = self.amqp_timeout;
-        let (conn, ch) = open_confirmed_channel(&self.amqp_url, &self.topology, t).await?;
+        let (conn, ch) = open_confirmed_channel(&self.amqp, &self.topology, t).await?;
         let mut events = EventsChannel::open(&conn, t).await;
         tracing::info!(consumer = %self.consumer, "outbox relay connected");
 

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Connection};
 
 use super::worker::{QUEUE_HEADER, REASON_HEADER};
 use crate::outbox::topology::{CLAIM_ROUTING_KEY, Topology};
@@ -125,8 +125,8 @@ impl fmt::Display for ReplayReport {
     }
 }
 
-async fn connect(url: &str, timeout: Duration) -> Result<(Connection, Channel), DlqError> {
-    let conn = amqp_call(timeout, Connection::connect(url, ConnectionProperties::default())).await?;
+async fn connect(amqp: &crate::backend::AmqpTarget, timeout: Duration) -> Result<(Connection, Channel), DlqError> {
+    let conn = amqp_call(timeout, amqp.connect()).await?;
     let ch = amqp_call(timeout, conn.create_channel()).await?;
     Ok((conn, ch))
 }
@@ -190,10 +190,15 @@ fn records_of(body: &[u8]) -> (Vec<String>, bool) {
 /// Reads the whole dead-letter queue of `prefix` and gives every message
 /// back: counts, messages per reason, and the first messages holding up to
 /// `limit` records.
-pub async fn list(amqp_url: &str, prefix: &str, limit: usize, timeout: Duration) -> Result<DlqListing, DlqError> {
+pub async fn list(
+    amqp: impl Into<crate::backend::AmqpTarget>,
+    prefix: &str,
+    limit: usize,
+    timeout: Duration,
+) -> Result<DlqListing, DlqError> {
     let topology = Topology::new(prefix);
     let queue = topology.dead_letter_queue;
-    let (conn, ch) = connect(amqp_url, timeout).await?;
+    let (conn, ch) = connect(&amqp.into(), timeout).await?;
     let n = ready(&ch, &queue, timeout).await?;
     let mut listing = DlqListing { queue: queue.clone(), ..Default::default() };
     let mut reasons: BTreeMap<String, u64> = BTreeMap::new();
@@ -266,14 +271,14 @@ fn replay_headers(original: Option<&FieldTable>) -> FieldTable {
 /// Sends up to `limit` (default: all) of the messages in the dead-letter
 /// queue of `prefix` back to its claims exchange, oldest first.
 pub async fn replay(
-    amqp_url: &str,
+    amqp: impl Into<crate::backend::AmqpTarget>,
     prefix: &str,
     limit: Option<u64>,
     timeout: Duration,
 ) -> Result<ReplayReport, DlqError> {
     let topology = Topology::new(prefix);
     let queue = topology.dead_letter_queue.clone();
-    let (conn, ch) = connect(amqp_url, timeout).await?;
+    let (conn, ch) = connect(&amqp.into(), timeout).await?;
     let n = ready(&ch, &queue, timeout).await?;
     amqp_call(timeout, ch.confirm_select(lapin::options::ConfirmSelectOptions::default())).await?;
     // Same declarations as the relay and the worker (idempotent): the claims

@@ -262,7 +262,7 @@ pub const QUEUE_HEADER: &str = "x-flashgrab-queue";
 
 pub struct PersistWorker {
     db: Db,
-    amqp_url: String,
+    amqp: crate::backend::AmqpTarget,
     topology: Topology,
     metrics: Arc<PipelineMetrics>,
     /// Bound of every RabbitMQ call.
@@ -270,10 +270,15 @@ pub struct PersistWorker {
 }
 
 impl PersistWorker {
-    pub fn new(db: Db, amqp_url: String, prefix: &str, metrics: Arc<PipelineMetrics>) -> Self {
+    pub fn new(
+        db: Db,
+        amqp_url: impl Into<crate::backend::AmqpTarget>,
+        prefix: &str,
+        metrics: Arc<PipelineMetrics>,
+    ) -> Self {
         Self {
             db,
-            amqp_url,
+            amqp: amqp_url.into(),
             topology: Topology::new(prefix),
             metrics,
             amqp_timeout: crate::outbox::DEFAULT_AMQP_TIMEOUT,
@@ -306,7 +311,7 @@ impl PersistWorker {
 
     async fn session(&self, shutdown: &CancellationToken, backoff: &mut Backoff) -> Result<(), PersistError> {
         let t = self.amqp_timeout;
-        let (conn, ch) = open_confirmed_channel(&self.amqp_url, &self.topology, t).await?;
+        let (conn, ch) = open_confirmed_channel(&self.amqp, &self.topology, t).await?;
         amqp_call(t, ch.basic_qos(PREFETCH, BasicQosOptions::default())).await?;
         let mut consumer = amqp_call(
             t,

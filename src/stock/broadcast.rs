@@ -89,14 +89,19 @@ impl StockStore {
 
 /// Listens for notices until shutdown; see the module note.
 pub struct Subscriber {
-    nodes: Vec<String>,
+    redis: crate::backend::RedisTarget,
     channel: String,
     timeout: Duration,
 }
 
 impl Subscriber {
     pub fn new(nodes: &[String], prefix: &str, timeout: Duration) -> Self {
-        Self { nodes: nodes.to_vec(), channel: channel(prefix), timeout }
+        Self::to(crate::backend::RedisTarget::plain(nodes), prefix, timeout)
+    }
+
+    /// A subscriber of the nodes of `redis` (TLS with its CA if set).
+    pub fn to(redis: crate::backend::RedisTarget, prefix: &str, timeout: Duration) -> Self {
+        Self { redis, channel: channel(prefix), timeout }
     }
 
     /// Calls `apply` for every notice received; reconnects (to the next
@@ -105,13 +110,14 @@ impl Subscriber {
         let mut backoff = Backoff::default();
         let mut next = 0usize;
         while !shutdown.is_cancelled() {
-            let node = &self.nodes[next % self.nodes.len()];
+            let node = &self.redis.nodes[next % self.redis.nodes.len()];
+            let shown = crate::backend::redact(node);
             next += 1;
             match self.listen(node, &apply, &shutdown, &mut backoff).await {
                 Ok(()) => return,
                 Err(e) => {
                     let delay = backoff.next_delay();
-                    tracing::warn!(error = %e, %node, retry_in = ?delay, "notice subscriber interrupted");
+                    tracing::warn!(error = %e, node = %shown, retry_in = ?delay, "notice subscriber interrupted");
                     tokio::select! {
                         () = shutdown.cancelled() => return,
                         () = tokio::time::sleep(delay) => {}
@@ -129,12 +135,12 @@ impl Subscriber {
         shutdown: &CancellationToken,
         backoff: &mut Backoff,
     ) -> std::result::Result<(), redis::RedisError> {
-        let client = redis::Client::open(node)?;
+        let client = self.redis.node_client(node)?;
         let timed_out = || redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut));
         let mut pubsub =
             tokio::time::timeout(self.timeout, client.get_async_pubsub()).await.map_err(|_| timed_out())??;
         tokio::time::timeout(self.timeout, pubsub.subscribe(&self.channel)).await.map_err(|_| timed_out())??;
-        tracing::debug!(%node, channel = %self.channel, "listening for notices");
+        tracing::debug!(node = %crate::backend::redact(node), channel = %self.channel, "listening for notices");
         backoff.reset();
         apply(Notice::Resubscribed);
         let mut messages = pubsub.on_message();

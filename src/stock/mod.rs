@@ -46,7 +46,6 @@ use std::time::Duration;
 
 use futures_util::future::{join_all, try_join_all};
 use redis::Value;
-use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 
@@ -228,11 +227,13 @@ impl Scripts {
 
 impl StockStore {
     pub async fn connect(nodes: &[String], prefix: &str, timeout: Duration) -> Result<Self> {
-        let client = ClusterClientBuilder::new(nodes.to_vec())
-            .connection_timeout(timeout)
-            .response_timeout(timeout)
-            .retries(3)
-            .build()?;
+        Self::connect_to(&crate::backend::RedisTarget::plain(nodes), prefix, timeout).await
+    }
+
+    /// [`StockStore::connect`] to a target that may need TLS with a private CA.
+    pub async fn connect_to(target: &crate::backend::RedisTarget, prefix: &str, timeout: Duration) -> Result<Self> {
+        let client =
+            target.cluster_builder().connection_timeout(timeout).response_timeout(timeout).retries(3).build()?;
         let conn = tokio::time::timeout(timeout * 2, client.get_async_connection())
             .await
             .map_err(|_| StockError::Timeout(timeout * 2))??;

@@ -340,7 +340,8 @@ async fn user_tokens_are_checked() {
         None,
         Some("Bearer".to_owned()),
         Some("Bearer not-a-jwt".to_owned()),
-        Some(format!("Bearer {}", app.jwt.sign("u1", now - 1))),
+        // Expired beyond the default 30 s clock leeway (FLASHGRAB_JWT_LEEWAY_SECS).
+        Some(format!("Bearer {}", app.jwt.sign("u1", now - 60))),
         Some(format!("Bearer {}", other.sign("u1", now + 60))),
         Some(format!("Bearer {}", app.jwt.sign("", now + 60))),
         Some(format!("Bearer {}", app.jwt.sign(&"x".repeat(65), now + 60))),

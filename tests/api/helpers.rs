@@ -27,6 +27,10 @@ pub fn redis_nodes() -> String {
     env_or("FLASHGRAB_TEST_REDIS_NODES", "redis://127.0.0.1:7000,redis://127.0.0.1:7001,redis://127.0.0.1:7002")
 }
 
+pub fn amqp_url() -> String {
+    env_or("FLASHGRAB_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f")
+}
+
 fn mysql_server() -> String {
     env_or("FLASHGRAB_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306").trim_end_matches('/').to_owned()
 }
@@ -123,6 +127,42 @@ pub async fn spawn_configured(n: usize, prefix: &str, db_name: &str, configure: 
         stock: state.as_ref().unwrap().stock.clone(),
         state: state.unwrap(),
     }
+}
+
+/// A queue of this test's own bound to the app's events exchange (before
+/// anything is published), and a consumer of it (no acks).
+pub async fn listen_to_events(app: &TestApp) -> (lapin::Connection, lapin::Consumer) {
+    let conn = lapin::Connection::connect(&amqp_url(), Default::default()).await.unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let topology = flashgrab::outbox::topology::Topology::new(&app.prefix);
+    topology.declare(&ch).await.unwrap();
+    let q = ch
+        .queue_declare(
+            "".into(),
+            lapin::options::QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() },
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    ch.queue_bind(
+        q.name().clone(),
+        topology.events_exchange.as_str().into(),
+        "".into(),
+        Default::default(),
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    let consumer = ch
+        .basic_consume(
+            q.name().clone(),
+            "test".into(),
+            lapin::options::BasicConsumeOptions { no_ack: true, ..Default::default() },
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    (conn, consumer)
 }
 
 /// Times relative to now, RFC 3339.

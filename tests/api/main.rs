@@ -11,6 +11,8 @@ mod claims;
 mod concurrency;
 mod console;
 mod holdings;
+mod front_door;
+mod lifecycle;
 mod ops;
 mod persistence;
 mod recovery;

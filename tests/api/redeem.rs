@@ -274,36 +274,7 @@ async fn an_expired_coupon_is_listed_expired_and_cannot_be_redeemed() {
 async fn redemptions_survive_the_pipeline_and_reach_the_events_and_the_report() {
     let app = spawn_pipeline_app().await;
     // Listen on the events exchange before anything happens.
-    let conn = lapin::Connection::connect("amqp://guest:guest@127.0.0.1:5672/%2f", Default::default()).await.unwrap();
-    let ch = conn.create_channel().await.unwrap();
-    let topology = flashgrab::outbox::topology::Topology::new(&app.prefix);
-    topology.declare(&ch).await.unwrap();
-    let q = ch
-        .queue_declare(
-            "".into(),
-            lapin::options::QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() },
-            Default::default(),
-        )
-        .await
-        .unwrap();
-    ch.queue_bind(
-        q.name().clone(),
-        topology.events_exchange.as_str().into(),
-        "".into(),
-        Default::default(),
-        Default::default(),
-    )
-    .await
-    .unwrap();
-    let mut events = ch
-        .basic_consume(
-            q.name().clone(),
-            "test".into(),
-            lapin::options::BasicConsumeOptions { no_ack: true, ..Default::default() },
-            Default::default(),
-        )
-        .await
-        .unwrap();
+    let (conn, mut events) = listen_to_events(&app).await;
 
     let c = app.create_campaign(shoes_campaign(4)).await;
     let id = c["id"].as_str().unwrap();

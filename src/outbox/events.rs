@@ -240,10 +240,18 @@ impl EventPublisher {
         Ok(events.len())
     }
 
-    /// Sends one batch of unsent rows (and the lifecycle facts); returns how
-    /// many redemption rows.
+    /// One pass: the redemption events, then the lifecycle events, each
+    /// tried whatever the other's outcome (a consumer's queue that refuses
+    /// one kind must not hold back the other; redemptions go first, as
+    /// the older rows). The first error is the pass's.
     async fn pass(&self, ch: &Channel) -> Result<usize, EventsError> {
-        self.lifecycle_pass(ch).await?;
+        let redemptions = self.redemptions_pass(ch).await;
+        let lifecycle = self.lifecycle_pass(ch).await;
+        Ok(redemptions? + lifecycle?)
+    }
+
+    /// Sends one batch of unsent redemption rows; returns how many.
+    async fn redemptions_pass(&self, ch: &Channel) -> Result<usize, EventsError> {
         let events = self.db.unpublished_redemptions(BATCH).await?;
         if events.is_empty() {
             return Ok(0);

@@ -247,7 +247,10 @@ async fn a_limit_3_burst_under_connection_kills_grants_nothing_twice() {
     }
     stop.store(true, Ordering::Relaxed);
     let killed = killer.await.unwrap();
-    assert!(killed > 50, "the connections were killed ({killed})");
+    // How many kills land depends on how long the burst lasts (it ran in
+    // 2 s on a loaded CI machine and 38 landed): the test needs kills
+    // during the burst, not a number of them.
+    assert!(killed >= 5, "the connections were killed ({killed})");
     eprintln!(
         "killed {killed} connections, {} answers 503, {} answers 201",
         unavailable.load(Ordering::Relaxed),

@@ -173,7 +173,7 @@ pub fn router(state: AppState) -> Router {
         .layer(
             tower::ServiceBuilder::new()
                 .map_request(request_id::drop_malformed)
-                .layer(SetRequestIdLayer::new(request_id::X_REQUEST_ID, request_id::MakeUlid))
+                .layer(SetRequestIdLayer::new(request_id::X_REQUEST_ID, request_id::MakeId::new()))
                 .layer(
                     TraceLayer::new_for_http()
                         .make_span_with(request_id::span)

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::ConnectInfo;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -205,7 +205,11 @@ pub async fn serve(
     let registry = Arc::new(Mutex::new(Registry::default()));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new()).keep_alive(true);
+    // No hyper timer: with one, hyper arms its own 30 s header-read sleep
+    // for every request (a timer-wheel entry made and dropped per request,
+    // on the sold-out fast path too), while `Activity` already bounds the
+    // header read, tighter and for trickled bytes as well.
+    http.keep_alive(true);
     loop {
         let (stream, peer) = tokio::select! {
             () = stop.cancelled() => break,

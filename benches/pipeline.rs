@@ -86,7 +86,7 @@ async fn delete_queues(prefix: &str) {
         return;
     };
     if let Ok(ch) = conn.create_channel().await {
-        let t = flashgrab::outbox::topology::Topology::new(prefix);
+        let t = flashgrab::queue::topology::Topology::new(prefix);
         for q in [&t.claims_queue, &t.dead_letter_queue] {
             let _ = ch.queue_delete(q.as_str().into(), Default::default()).await;
         }

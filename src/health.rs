@@ -12,8 +12,8 @@ use serde::Serialize;
 use tokio::sync::Mutex;
 
 use crate::db::Db;
-use crate::metrics::LogEvery;
 use crate::stock::StockStore;
+use crate::telemetry::LogEvery;
 
 /// Result of one probe, per component: `"ok"` or `"down"`.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -76,7 +76,7 @@ impl AmqpProbe {
 /// Probes every backend concurrently.
 pub async fn readiness(stock: &StockStore, amqp: &AmqpProbe, db: &Db) -> Readiness {
     // A probe polled every few hundred ms during an outage logs its cause
-    // once a second, not once per poll (see `metrics::LogEvery`; a static
+    // once a second, not once per poll (see `telemetry::LogEvery`; a static
     // per message, like tracing's own call-site state).
     static REDIS_LOG: LogEvery = LogEvery::new();
     static MYSQL_LOG: LogEvery = LogEvery::new();

@@ -14,14 +14,17 @@ use crate::config::Settings;
 use crate::db::Db;
 use crate::health::AmqpProbe;
 use crate::http::{AppInner, AppState, router};
-use crate::metrics::{Backoff, LogEvery, PipelineMetrics};
+use crate::metrics::PipelineMetrics;
 use crate::outbox::events::EventPublisher;
 use crate::outbox::relay::Relay;
+use crate::outbox::stream::OutboxStreams;
 use crate::persist::worker::PersistWorker;
 use crate::protect::Protection;
 use crate::service::{ArchiveService, CampaignService, ClaimService, CouponService, LiveHub, ReportService};
 use crate::stock::StockStore;
 use crate::stock::broadcast::{Notice, Subscriber};
+use crate::supervise::Backoff;
+use crate::telemetry::LogEvery;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -261,7 +264,7 @@ impl Application {
 
         let flush = async {
             if let Some(relay) = relay {
-                wait_outbox_relayed(&stock).await;
+                wait_outbox_relayed(&OutboxStreams::new(stock.clone(), stock.timeout())).await;
                 relay_stop.cancel();
                 let _ = relay.await;
             }
@@ -294,18 +297,18 @@ impl Application {
 /// buckets of an unreachable master are retried (with a jittered backoff,
 /// logged at most once a second) while the others are checked and done.
 /// The caller bounds the wait.
-async fn wait_outbox_relayed(stock: &StockStore) {
+async fn wait_outbox_relayed(streams: &OutboxStreams) {
     /// Pause between two checks of the outbox while Redis answers.
     const POLL: std::time::Duration = std::time::Duration::from_millis(20);
     let log = LogEvery::new();
     let mut backoff = Backoff::default();
     // Buckets whose head is not known yet, and the heads still to be relayed.
-    let mut unread: Vec<u16> = (0..stock.keys().buckets()).collect();
+    let mut unread: Vec<u16> = (0..streams.buckets()).collect();
     let mut heads: Vec<(u16, String)> = Vec::new();
     loop {
-        let mut failed: Vec<(u16, crate::stock::StockError)> = Vec::new();
+        let mut failed: Vec<(u16, crate::outbox::stream::StreamError)> = Vec::new();
         let mut still = Vec::new();
-        for (b, r) in stock.outbox_heads(&unread).await {
+        for (b, r) in streams.heads(&unread).await {
             match r {
                 Ok(Some(id)) => heads.push((b, id)),
                 Ok(None) => {}
@@ -317,7 +320,7 @@ async fn wait_outbox_relayed(stock: &StockStore) {
         }
         unread = still;
         let mut waiting = Vec::new();
-        for ((b, r), head) in stock.outbox_unrelayed(&heads).await.into_iter().zip(std::mem::take(&mut heads)) {
+        for ((b, r), head) in streams.unrelayed(&heads).await.into_iter().zip(std::mem::take(&mut heads)) {
             match r {
                 Ok(false) => {}
                 Ok(true) => waiting.push(head),

@@ -163,7 +163,7 @@ impl From<ServiceError> for ApiError {
         if e.is_unavailable() {
             // One line a second for a backend that stays unavailable, not one
             // per request (a static like tracing's call-site state).
-            static LOG: crate::metrics::LogEvery = crate::metrics::LogEvery::new();
+            static LOG: crate::telemetry::LogEvery = crate::telemetry::LogEvery::new();
             if let Some(skipped) = LOG.allow() {
                 tracing::warn!(error = %e, skipped, "backend unavailable");
             }

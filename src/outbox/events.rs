@@ -28,12 +28,13 @@ use lapin::{BasicProperties, Channel};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::topology::Topology;
-use super::{QueueError, amqp_call, open_confirmed_channel};
 use crate::db::lifecycle::LifecycleEvent;
 use crate::db::redemptions::RedemptionEvent;
 use crate::db::{Db, DbError};
-use crate::metrics::{Backoff, PipelineMetrics, pause_after_failure};
+use crate::metrics::PipelineMetrics;
+use crate::queue::topology::Topology;
+use crate::queue::{QueueError, amqp_call, open_confirmed_channel};
+use crate::supervise::{Backoff, Supervised, pause_after_failure, supervise};
 
 /// Rows per message.
 pub const BATCH: u32 = 500;
@@ -106,7 +107,7 @@ impl EventPublisher {
             topology: Topology::new(prefix),
             wake,
             metrics,
-            amqp_timeout: super::DEFAULT_AMQP_TIMEOUT,
+            amqp_timeout: crate::queue::DEFAULT_AMQP_TIMEOUT,
             stock: None,
             owner: ulid::Ulid::new().to_string(),
         }
@@ -127,20 +128,7 @@ impl EventPublisher {
     /// Runs until `shutdown`, reconnecting with backoff; a last pass on
     /// shutdown sends what was committed before it.
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut backoff = Backoff::default();
-        while !shutdown.is_cancelled() {
-            let started = std::time::Instant::now();
-            match self.session(&shutdown, &mut backoff).await {
-                Ok(()) => break,
-                Err(e) => {
-                    backoff.after_session(started.elapsed());
-                    if !pause_after_failure("event publisher", &e, &mut backoff, &self.metrics.errors, &shutdown).await
-                    {
-                        break;
-                    }
-                }
-            }
-        }
+        supervise("event publisher", &self.metrics.errors, &shutdown, &self).await;
         tracing::info!("event publisher stopped");
     }
 
@@ -148,7 +136,7 @@ impl EventPublisher {
     /// is full or has no leader) is retried on the same connection after
     /// the next backoff delay; the rows stay unpublished meanwhile. Other
     /// broker errors end the session (reconnect).
-    async fn session(&self, shutdown: &CancellationToken, backoff: &mut Backoff) -> Result<(), EventsError> {
+    async fn run_session(&self, shutdown: &CancellationToken, backoff: &mut Backoff) -> Result<(), EventsError> {
         let t = self.amqp_timeout;
         let (conn, ch) = open_confirmed_channel(&self.amqp, &self.topology, t).await?;
         loop {
@@ -278,6 +266,17 @@ impl EventPublisher {
         let ids: Vec<u64> = events.iter().map(|e| e.id).collect();
         self.db.mark_published(&ids, Utc::now()).await?;
         Ok(events.len())
+    }
+}
+
+impl Supervised for EventPublisher {
+    type Error = EventsError;
+    fn session<'a>(
+        &'a self,
+        shutdown: &'a CancellationToken,
+        backoff: &'a mut Backoff,
+    ) -> impl Future<Output = Result<(), EventsError>> + Send + 'a {
+        self.run_session(shutdown, backoff)
     }
 }
 

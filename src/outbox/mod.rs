@@ -32,44 +32,4 @@
 
 pub mod events;
 pub mod relay;
-pub mod topology;
-
-/// Default bound of one RabbitMQ call (`FLASHGRAB_AMQP_TIMEOUT_MS`).
-pub const DEFAULT_AMQP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// Bounds one RabbitMQ call (connect, channel, declare, publish, ack): a
-/// broker that accepts the TCP connection and then hangs must not stall the
-/// relay or the worker forever; the timeout becomes an error and the
-/// session reconnects with backoff.
-pub async fn amqp_call<T>(
-    timeout: std::time::Duration,
-    call: impl Future<Output = Result<T, lapin::Error>>,
-) -> Result<T, QueueError> {
-    tokio::time::timeout(timeout, call).await.map_err(|_| QueueError::Timeout(timeout))?.map_err(QueueError::Amqp)
-}
-
-/// Connects to the broker, opens a channel in publisher-confirm mode and
-/// declares the topology, each step bounded by `timeout`: the start of every
-/// session of the relay, the persist worker and the event publisher.
-pub async fn open_confirmed_channel(
-    amqp: &crate::backend::AmqpTarget,
-    topology: &topology::Topology,
-    timeout: std::time::Duration,
-) -> Result<(lapin::Connection, lapin::Channel), QueueError> {
-    let conn = amqp_call(timeout, amqp.connect()).await?;
-    let ch = amqp_call(timeout, conn.create_channel()).await?;
-    amqp_call(timeout, ch.confirm_select(lapin::options::ConfirmSelectOptions::default())).await?;
-    amqp_call(timeout, topology.declare(&ch)).await?;
-    Ok((conn, ch))
-}
-
-/// Errors of the AMQP side, with their source.
-#[derive(Debug, thiserror::Error)]
-pub enum QueueError {
-    #[error("rabbitmq: {0}")]
-    Amqp(#[from] lapin::Error),
-    #[error("rabbitmq did not confirm within {0:?}")]
-    Timeout(std::time::Duration),
-    #[error("rabbitmq refused the message ({0})")]
-    Nacked(String),
-}
+pub mod stream;

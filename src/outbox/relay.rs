@@ -1,6 +1,5 @@
 //! The relay loop (see the module note of `outbox`).
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
@@ -13,20 +12,21 @@ use futures_util::stream::FuturesUnordered;
 use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel};
-use redis::Value;
 use redis::cluster_async::ClusterConnection;
-use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use tokio_util::sync::CancellationToken;
 
-use super::topology::{CLAIM_ROUTING_KEY, Topology};
-use super::{QueueError, amqp_call, open_confirmed_channel};
 use crate::domain::CouponRecord;
-use crate::metrics::{Backoff, LogEvery, PipelineMetrics, pause_after_failure};
+use crate::metrics::PipelineMetrics;
+use crate::queue::claims_body;
+use crate::queue::topology::{CLAIM_ROUTING_KEY, Topology};
+use crate::queue::{QueueError, amqp_call, open_confirmed_channel};
 use crate::stock::holdings::IndexWrites;
 use crate::stock::{Durability, StockError, StockStore};
+use crate::supervise::{Backoff, Supervised, supervise};
+use crate::telemetry::LogEvery;
 
-/// Entries read per stream per pass.
-pub const BATCH: usize = 500;
+use super::stream::{Consumer, Entry, GatedRead, OutboxStreams, Read, StreamError};
+
 /// Claims per message at most (records of all buckets read in one pass are
 /// packed together).
 pub const MESSAGE_CLAIMS: usize = 2000;
@@ -48,10 +48,8 @@ const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum RelayError {
     #[error(transparent)]
     Queue(#[from] QueueError),
-    #[error("redis: {0}")]
-    Redis(#[from] redis::RedisError),
-    #[error("redis did not answer in time")]
-    Timeout,
+    #[error(transparent)]
+    Stream(#[from] StreamError),
 }
 
 impl From<lapin::Error> for RelayError {
@@ -60,117 +58,14 @@ impl From<lapin::Error> for RelayError {
     }
 }
 
-/// The body of a claims message: `{"kind":"claims","claims":[record...]}`.
-pub fn claims_body(records: &[&str]) -> Vec<u8> {
-    let mut body = Vec::with_capacity(32 + records.iter().map(|r| r.len() + 1).sum::<usize>());
-    body.extend_from_slice(br#"{"kind":"claims","claims":["#);
-    for (i, r) in records.iter().enumerate() {
-        if i > 0 {
-            body.push(b',');
-        }
-        body.extend_from_slice(r.as_bytes());
-    }
-    body.extend_from_slice(b"]}");
-    body
-}
-
-/// One outbox entry: its stream id and raw record.
-struct Entry {
-    id: String,
-    raw: Option<String>,
-}
-
-fn entry_of(s: StreamId) -> Entry {
-    let raw = match s.map.get("r") {
-        Some(Value::BulkString(b)) => String::from_utf8(b.clone()).ok(),
-        Some(Value::SimpleString(t)) => Some(t.clone()),
-        _ => None,
-    };
-    Entry { id: s.id, raw }
-}
-
-/// The key of the tiny write that makes a gated read's WAIT cover every
-/// entry it returned: same hash tag (slot) as the outbox stream.
-fn relay_wait_key(outbox: &str) -> String {
-    format!("{}:relaywait", outbox.strip_suffix(":outbox").unwrap_or(outbox))
-}
-
-fn protocol(what: String) -> RelayError {
-    RelayError::Redis(redis::RedisError::from((redis::ErrorKind::UnexpectedReturnType, "unexpected reply", what)))
-}
-
-/// The entries of an `XREADGROUP` reply on one stream: nil (none), or
-/// `[[stream, [[id, fields], ...]]]` (a map in RESP3). A history read
-/// (`0`) answers an entry deleted while pending with nil fields: it comes
-/// back without a record and is only cleared from the group.
-fn stream_entries(v: Value) -> Result<Vec<Entry>, RelayError> {
-    let streams = match v {
-        Value::Nil => return Ok(Vec::new()),
-        Value::Array(streams) => streams
-            .into_iter()
-            .filter_map(|s| match s {
-                Value::Array(mut kv) if kv.len() == 2 => kv.pop(),
-                _ => None,
-            })
-            .collect::<Vec<_>>(),
-        Value::Map(streams) => streams.into_iter().map(|(_, v)| v).collect(),
-        other => return Err(protocol(format!("XREADGROUP answered {other:?}"))),
-    };
-    let mut out = Vec::new();
-    for ids in streams {
-        let Value::Array(ids) = ids else { continue };
-        for e in ids {
-            let Value::Array(mut parts) = e else {
-                return Err(protocol(format!("stream entry {e:?}")));
-            };
-            if parts.len() != 2 {
-                return Err(protocol(format!("stream entry {parts:?}")));
-            }
-            let fields = parts.pop().unwrap_or(Value::Nil);
-            let id: String =
-                redis::from_redis_value(parts.pop().unwrap_or(Value::Nil)).map_err(redis::RedisError::from)?;
-            let pairs: Vec<(Value, Value)> = match fields {
-                Value::Array(flat) => {
-                    let mut it = flat.into_iter();
-                    std::iter::from_fn(|| Some((it.next()?, it.next()?))).collect()
-                }
-                Value::Map(pairs) => pairs,
-                _ => Vec::new(),
-            };
-            let raw = pairs.into_iter().find_map(|(k, v)| {
-                let is_r =
-                    matches!(&k, Value::BulkString(b) if b == b"r") || matches!(&k, Value::SimpleString(s) if s == "r");
-                if !is_r {
-                    return None;
-                }
-                match v {
-                    Value::BulkString(b) => String::from_utf8(b).ok(),
-                    Value::SimpleString(t) => Some(t),
-                    _ => None,
-                }
-            });
-            out.push(Entry { id, raw });
-        }
-    }
-    Ok(out)
-}
-
-/// Milliseconds part of a stream id ("1700000000000-3").
-fn id_ms(id: &str) -> u64 {
-    id.split('-').next().and_then(|ms| ms.parse().ok()).unwrap_or(0)
-}
-
 pub struct Relay {
+    /// For the holdings index writes (`stock::holdings`).
     stock: StockStore,
+    streams: OutboxStreams,
+    consumer: Consumer,
     amqp: crate::backend::AmqpTarget,
     topology: Topology,
-    group: String,
-    consumer: String,
     metrics: Arc<PipelineMetrics>,
-    ack: redis::Script,
-    redis_timeout: Duration,
-    /// Entries pending with another consumer for this long are taken over.
-    reclaim_idle: Duration,
     /// Bound of every RabbitMQ call.
     amqp_timeout: Duration,
     /// `replicated` mode: per bucket, whether this consumer may hold
@@ -201,16 +96,17 @@ impl Relay {
         let prefix = stock.keys().prefix().to_owned();
         let gate = (0..stock.keys().buckets()).map(|_| AtomicU8::new(COLD)).collect();
         Self {
+            streams: OutboxStreams::new(stock.clone(), redis_timeout),
             stock,
+            consumer: Consumer {
+                group: format!("{prefix}-relay"),
+                name: format!("relay-{}", ulid::Ulid::new()),
+                reclaim_idle,
+            },
             amqp: amqp_url.into(),
             topology: Topology::new(&prefix),
-            group: format!("{prefix}-relay"),
-            consumer: format!("relay-{}", ulid::Ulid::new()),
             metrics,
-            ack: redis::Script::new(include_str!("../../lua/ack.lua")),
-            redis_timeout,
-            reclaim_idle,
-            amqp_timeout: crate::outbox::DEFAULT_AMQP_TIMEOUT,
+            amqp_timeout: crate::queue::DEFAULT_AMQP_TIMEOUT,
             gate,
             index_log: LogEvery::new(),
         }
@@ -225,51 +121,15 @@ impl Relay {
     /// Runs until `shutdown`; reconnects with backoff on any failure. On
     /// shutdown the batch in hand is finished (published and acked) first.
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut backoff = Backoff::default();
-        while !shutdown.is_cancelled() {
-            let started = Instant::now();
-            match self.session(&shutdown, &mut backoff).await {
-                Ok(()) => break,
-                Err(e) => {
-                    backoff.after_session(started.elapsed());
-                    if !pause_after_failure("outbox relay", &e, &mut backoff, &self.metrics.errors, &shutdown).await {
-                        break;
-                    }
-                }
-            }
-        }
-        tracing::info!(consumer = %self.consumer, "outbox relay stopped");
-    }
-
-    async fn bounded<T>(&self, fut: impl Future<Output = redis::RedisResult<T>>) -> Result<T, RelayError> {
-        tokio::time::timeout(self.redis_timeout, fut).await.map_err(|_| RelayError::Timeout)?.map_err(Into::into)
-    }
-
-    /// Creates the consumer group of one bucket's stream (and the stream),
-    /// if missing.
-    async fn ensure_group(&self, conn: &mut ClusterConnection, bucket: u16) -> Result<(), RelayError> {
-        let created: Result<(), RelayError> = self
-            .bounded(
-                redis::cmd("XGROUP")
-                    .arg("CREATE")
-                    .arg(self.stock.keys().outbox(bucket))
-                    .arg(&self.group)
-                    .arg("0")
-                    .arg("MKSTREAM")
-                    .query_async(conn),
-            )
-            .await;
-        match created {
-            Err(RelayError::Redis(e)) if e.code() == Some("BUSYGROUP") => Ok(()),
-            r => r,
-        }
+        supervise("outbox relay", &self.metrics.errors, &shutdown, &self).await;
+        tracing::info!(consumer = %self.consumer.name, "outbox relay stopped");
     }
 
     /// One bucket's read as the session runs it: the group first if it is
     /// not known to exist, then [`Relay::read_bucket`].
     async fn read_one(&self, mut conn: ClusterConnection, bucket: u16, group: bool, reclaim: bool) -> BucketRead {
-        if group && let Err(e) = self.ensure_group(&mut conn, bucket).await {
-            return BucketRead { bucket, reclaim, result: Err(e) };
+        if group && let Err(e) = self.streams.ensure_group(&mut conn, bucket, &self.consumer).await {
+            return BucketRead { bucket, reclaim, result: Err(e.into()) };
         }
         BucketRead { bucket, reclaim, result: self.read_bucket(&mut conn, bucket, reclaim).await }
     }
@@ -285,18 +145,18 @@ impl Relay {
     /// 100 ms to 5 s) while the others go on; the failures of a pass are
     /// logged in one line, at most once a second. Only the broker failing
     /// ends the session: then nothing can be relayed anyway.
-    async fn session(&self, shutdown: &CancellationToken, backoff: &mut Backoff) -> Result<(), RelayError> {
+    async fn run_session(&self, shutdown: &CancellationToken, backoff: &mut Backoff) -> Result<(), RelayError> {
         let t = self.amqp_timeout;
         let (conn, ch) = open_confirmed_channel(&self.amqp, &self.topology, t).await?;
         let mut events = EventsChannel::open(&conn, t).await;
-        tracing::info!(consumer = %self.consumer, "outbox relay connected");
+        tracing::info!(consumer = %self.consumer.name, "outbox relay connected");
 
         // Each bucket has its own polling interval: a bucket that had entries
         // is read again on the next pass, an empty one backs off (doubling up
         // to POLL_MAX). During a drop only the buckets of the live shards are
         // hot; polling the other ~50 every pass would cost Redis more than
         // the claims do.
-        let buckets = usize::from(self.stock.keys().buckets());
+        let buckets = usize::from(self.streams.buckets());
         let mut b: Vec<BucketState> = (0..buckets).map(|_| BucketState::new()).collect();
         let mut reads: FuturesUnordered<Pin<Box<dyn Future<Output = BucketRead> + Send + '_>>> =
             FuturesUnordered::new();
@@ -316,11 +176,8 @@ impl Relay {
                     }
                     st.reading = true;
                     // The store's current connection, not one kept for the
-                    // session: the store rebuilds its connection when trouble
-                    // lasts (`stock::reconnect`), and a session holding the old
-                    // one timed out on every read after connections were
-                    // killed (found by the connection-reset fault tests).
-                    let redis = self.stock.connection();
+                    // session (see `OutboxStreams::connection`).
+                    let redis = self.streams.connection();
                     reads.push(Box::pin(self.read_one(redis, i as u16, st.needs_group, reclaim)));
                 }
             }
@@ -374,7 +231,7 @@ impl Relay {
             }
             if !work.is_empty() {
                 let now_ms = chrono::Utc::now().timestamp_millis().max(0) as u64;
-                let oldest = work.iter().flat_map(|(_, es)| es.iter().map(|e| id_ms(&e.id))).min().unwrap_or(now_ms);
+                let oldest = work.iter().flat_map(|(_, es)| es.iter().map(Entry::appended_ms)).min().unwrap_or(now_ms);
                 PipelineMetrics::set(&self.metrics.outbox_age_ms, now_ms.saturating_sub(oldest));
                 let ack_failed = self.publish_and_ack(&ch, &mut events, &conn, &work).await?;
                 backoff.reset();
@@ -410,65 +267,12 @@ impl Relay {
         bucket: u16,
         reclaim: bool,
     ) -> Result<(Vec<Entry>, u64), RelayError> {
-        match self.stock.durability() {
-            Durability::Fast => self.read_bucket_plain(conn, bucket, reclaim).await,
-            Durability::Replicated { wait } => self.read_bucket_acked(conn, bucket, reclaim, wait).await,
-        }
-    }
-
-    /// The read of `fast` mode: `XLEN` and `XAUTOCLAIM` (when `reclaim`),
-    /// then `XREADGROUP >`, one round trip each.
-    async fn read_bucket_plain(
-        &self,
-        conn: &mut ClusterConnection,
-        bucket: u16,
-        reclaim: bool,
-    ) -> Result<(Vec<Entry>, u64), RelayError> {
-        let key = self.stock.keys().outbox(bucket);
-        let mut entries = Vec::new();
-        let mut len = 0;
-        if reclaim {
-            len = self.bounded(redis::cmd("XLEN").arg(&key).query_async(conn)).await?;
-            let claimed: StreamAutoClaimReply = self
-                .bounded(
-                    redis::cmd("XAUTOCLAIM")
-                        .arg(&key)
-                        .arg(&self.group)
-                        .arg(&self.consumer)
-                        .arg(self.reclaim_idle.as_millis() as u64)
-                        .arg("0-0")
-                        .arg("COUNT")
-                        .arg(BATCH)
-                        .query_async(conn),
-                )
-                .await?;
-            PipelineMetrics::add(&self.metrics.reclaimed, claimed.claimed.len() as u64);
-            entries.extend(claimed.claimed.into_iter().map(entry_of));
-            // Entries deleted while pending: just clear them from the group.
-            for id in claimed.deleted_ids {
-                entries.push(Entry { id, raw: None });
-            }
-        }
-        if entries.len() < BATCH {
-            let read: Option<StreamReadReply> = self
-                .bounded(
-                    redis::cmd("XREADGROUP")
-                        .arg("GROUP")
-                        .arg(&self.group)
-                        .arg(&self.consumer)
-                        .arg("COUNT")
-                        .arg(BATCH - entries.len())
-                        .arg("STREAMS")
-                        .arg(&key)
-                        .arg(">")
-                        .query_async(conn),
-                )
-                .await?;
-            if let Some(read) = read {
-                entries.extend(read.keys.into_iter().flat_map(|k| k.ids).map(entry_of));
-            }
-        }
-        Ok((entries, len))
+        let read = match self.stock.durability() {
+            Durability::Fast => self.streams.read(conn, bucket, &self.consumer, reclaim).await?,
+            Durability::Replicated { wait } => self.read_bucket_acked(conn, bucket, reclaim, wait).await?,
+        };
+        PipelineMetrics::add(&self.metrics.reclaimed, read.reclaimed as u64);
+        Ok((read.entries, read.len))
     }
 
     /// `replicated` mode: the entries of one bucket that a replica has, so
@@ -478,114 +282,62 @@ impl Relay {
     /// A cold bucket (this consumer holds nothing of it) is read as in
     /// `fast` mode, no write and no WAIT: idle buckets cost nothing more.
     /// Whatever that read returns is only moved into this consumer's
-    /// pending list, not shipped; the gated read follows at once.
-    ///
-    /// The gated read is ONE pipeline to the bucket's slot: [`XLEN`,
-    /// `XAUTOCLAIM` when reclaiming] `XREADGROUP ... 0` (this consumer's
-    /// own pending entries: held back before, or read by the cold read),
-    /// `XREADGROUP >`, a tiny write on the same slot (`HSET
-    /// {tag}:relaywait t <ms>`), `WAIT 1 <wait>`. One pipeline is one node
-    /// and one connection, in order; WAIT counts the replicas that
-    /// acknowledged the connection's last write, the HSET, which comes after
-    /// every entry returned (a history read propagates nothing, so without
-    /// the write the WAIT would prove nothing for it). A retried or
-    /// redirected pipeline runs whole on the new node and ships what that
-    /// node returned and its replica acknowledged. Fewer than one replica:
-    /// nothing of the bucket is shipped this pass; the entries stay pending
-    /// here and come back through the next gated read.
+    /// pending list, not shipped; the gated read
+    /// ([`OutboxStreams::read_gated`]) follows at once and returns it with
+    /// this consumer's other pending entries and the new ones. Fewer than
+    /// one replica acknowledging: nothing of the bucket is shipped this
+    /// pass; the entries stay pending here and come back through the next
+    /// gated read.
     async fn read_bucket_acked(
         &self,
         conn: &mut ClusterConnection,
         bucket: u16,
         reclaim: bool,
         wait: Duration,
-    ) -> Result<(Vec<Entry>, u64), RelayError> {
+    ) -> Result<Read, StreamError> {
         let state = &self.gate[usize::from(bucket)];
-        let mut len = 0;
-        let mut reclaim_in_gate = reclaim;
+        let mut cold = None;
         if state.load(Ordering::Relaxed) == COLD {
-            let (found, l) = self.read_bucket_plain(conn, bucket, reclaim).await?;
-            if found.is_empty() {
-                return Ok((found, l));
+            let found = self.streams.read(conn, bucket, &self.consumer, reclaim).await?;
+            if found.entries.is_empty() {
+                return Ok(found);
             }
-            len = l;
-            reclaim_in_gate = false;
+            cold = Some(found);
             state.store(HOT, Ordering::Relaxed);
         }
-        let key = self.stock.keys().outbox(bucket);
-        let read = |from: &str| {
-            let mut c = redis::cmd("XREADGROUP");
-            c.arg("GROUP")
-                .arg(&self.group)
-                .arg(&self.consumer)
-                .arg("COUNT")
-                .arg(BATCH)
-                .arg("STREAMS")
-                .arg(&key)
-                .arg(from);
-            c
-        };
-        let mut pipe = redis::pipe();
-        if reclaim_in_gate {
-            pipe.cmd("XLEN").arg(&key);
-            pipe.cmd("XAUTOCLAIM")
-                .arg(&key)
-                .arg(&self.group)
-                .arg(&self.consumer)
-                .arg(self.reclaim_idle.as_millis() as u64)
-                .arg("0-0")
-                .arg("COUNT")
-                .arg(BATCH);
+        // A cold read that reclaimed and measured is not done again.
+        let reclaim_in_gate = reclaim && cold.is_none();
+        let GatedRead { mut read, acked } =
+            self.streams.read_gated(conn, bucket, &self.consumer, reclaim_in_gate, wait).await?;
+        if let Some(cold) = cold {
+            read.len = cold.len;
+            read.reclaimed += cold.reclaimed;
         }
-        let now_ms = chrono::Utc::now().timestamp_millis();
-        pipe.add_command(read("0")).add_command(read(">"));
-        pipe.cmd("HSET").arg(relay_wait_key(&key)).arg("t").arg(now_ms).ignore();
-        pipe.cmd("WAIT").arg(1).arg(wait.as_millis() as u64);
-        let mut replies: Vec<Value> = self.bounded(pipe.query_async(conn)).await?;
-        let acked = match replies.pop() {
-            Some(Value::Int(n)) => n,
-            other => return Err(protocol(format!("WAIT answered {other:?}"))),
-        };
-        let mut replies = replies.into_iter();
-        let mut entries = Vec::new();
-        if reclaim_in_gate {
-            len = redis::from_redis_value(replies.next().unwrap_or(Value::Nil)).map_err(redis::RedisError::from)?;
-            let claimed: StreamAutoClaimReply =
-                redis::from_redis_value(replies.next().unwrap_or(Value::Nil)).map_err(redis::RedisError::from)?;
-            PipelineMetrics::add(&self.metrics.reclaimed, claimed.claimed.len() as u64);
-            entries.extend(claimed.claimed.into_iter().map(entry_of));
-            entries.extend(claimed.deleted_ids.into_iter().map(|id| Entry { id, raw: None }));
-        }
-        for reply in replies {
-            entries.extend(stream_entries(reply)?);
-        }
-        // Own pending and XAUTOCLAIM can return the same entry (ours, idle).
-        let mut seen = HashSet::new();
-        entries.retain(|e| seen.insert(e.id.clone()));
-        if entries.is_empty() {
+        if read.entries.is_empty() {
             state.store(COLD, Ordering::Relaxed);
-            return Ok((entries, len));
+            return Ok(read);
         }
-        if acked < 1 {
-            PipelineMetrics::add(&self.metrics.unreplicated, entries.len() as u64);
+        if !acked {
+            PipelineMetrics::add(&self.metrics.unreplicated, read.entries.len() as u64);
             if state.swap(HELD, Ordering::Relaxed) != HELD {
                 tracing::warn!(
                     bucket,
-                    entries = entries.len(),
+                    entries = read.entries.len(),
                     ?wait,
                     "no replica acknowledged the outbox: holding its entries back"
                 );
             }
-            return Ok((Vec::new(), len));
+            read.entries.clear();
+            return Ok(read);
         }
         if state.swap(HOT, Ordering::Relaxed) == HELD {
             tracing::info!(
                 bucket,
-                entries = entries.len(),
+                entries = read.entries.len(),
                 "a replica acknowledged the outbox again: relaying the entries held back"
             );
         }
-        Ok((entries, len))
+        Ok(read)
     }
 
     /// Publishes one claims message and waits for its confirm (the only
@@ -702,17 +454,10 @@ impl Relay {
         PipelineMetrics::add(&self.metrics.relayed, good.len() as u64);
 
         let acks = work.iter().map(|(bucket, entries)| {
-            let mut conn = self.stock.connection();
-            async move {
-                let mut inv = self.ack.key(self.stock.keys().outbox(*bucket));
-                inv.arg(&self.group);
-                for e in entries {
-                    inv.arg(&e.id);
-                }
-                (*bucket, self.bounded(inv.invoke_async::<i64>(&mut conn)).await)
-            }
+            let mut conn = self.streams.connection();
+            async move { (*bucket, self.streams.ack(&mut conn, *bucket, &self.consumer, entries).await) }
         });
-        Ok(join_all(acks).await.into_iter().filter_map(|(b, r)| r.err().map(|e| (b, e))).collect())
+        Ok(join_all(acks).await.into_iter().filter_map(|(b, r)| r.err().map(|e| (b, e.into()))).collect())
     }
 }
 
@@ -766,7 +511,7 @@ impl BucketState {
 
     /// A read or an ack failed: try again after the next backoff delay.
     fn fail(&mut self, e: &RelayError, now: Instant) {
-        if matches!(e, RelayError::Redis(r) if r.code() == Some("NOGROUP")) {
+        if matches!(e, RelayError::Stream(s) if s.is_nogroup()) {
             self.needs_group = true;
         }
         self.due = now + self.retry.next_delay();
@@ -848,6 +593,17 @@ impl EventsChannel {
     }
 }
 
+impl Supervised for Relay {
+    type Error = RelayError;
+    fn session<'a>(
+        &'a self,
+        shutdown: &'a CancellationToken,
+        backoff: &'a mut Backoff,
+    ) -> impl Future<Output = Result<(), RelayError>> + Send + 'a {
+        self.run_session(shutdown, backoff)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -858,29 +614,5 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["kind"], "claims");
         assert_eq!(v["claims"].as_array().unwrap().len(), 2);
-        assert_eq!(id_ms("1700000000123-4"), 1_700_000_000_123);
-        assert_eq!(id_ms("junk"), 0);
-    }
-
-    #[test]
-    fn stream_replies_of_new_and_history_reads() {
-        let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
-        assert!(stream_entries(Value::Nil).unwrap().is_empty(), "`>` with nothing new");
-        let reply = Value::Array(vec![Value::Array(vec![
-            bulk("{fg:b1.0}:outbox"),
-            Value::Array(vec![
-                Value::Array(vec![bulk("1-0"), Value::Array(vec![bulk("r"), bulk("{}")])]),
-                // A history read answers an entry deleted while pending with nil fields.
-                Value::Array(vec![bulk("2-0"), Value::Nil]),
-            ]),
-        ])]);
-        let es = stream_entries(reply).unwrap();
-        assert_eq!(es.len(), 2);
-        assert_eq!((es[0].id.as_str(), es[0].raw.as_deref()), ("1-0", Some("{}")));
-        assert_eq!((es[1].id.as_str(), es[1].raw.as_deref()), ("2-0", None));
-        let empty = Value::Array(vec![Value::Array(vec![bulk("k"), Value::Array(vec![])])]);
-        assert!(stream_entries(empty).unwrap().is_empty(), "own pending, none");
-        assert!(stream_entries(Value::Int(3)).is_err());
-        assert_eq!(relay_wait_key("{fg:b3.7}:outbox"), "{fg:b3.7}:relaywait");
     }
 }

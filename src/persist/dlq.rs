@@ -26,8 +26,8 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection};
 
 use super::worker::{QUEUE_HEADER, REASON_HEADER};
-use crate::outbox::topology::{CLAIM_ROUTING_KEY, Topology};
-use crate::outbox::{QueueError, amqp_call};
+use crate::queue::topology::{CLAIM_ROUTING_KEY, Topology};
+use crate::queue::{QueueError, amqp_call};
 
 /// Header a replay adds: how many times the message was sent back.
 pub const REPLAYS_HEADER: &str = "x-flashgrab-replays";

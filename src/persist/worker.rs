@@ -15,10 +15,11 @@ use sqlx::mysql::MySqlDatabaseError;
 
 use crate::db::{Db, DbError};
 use crate::domain::CouponRecord;
-use crate::metrics::{Backoff, PipelineMetrics, pause_after_failure};
-use crate::outbox::relay::claims_body;
-use crate::outbox::topology::Topology;
-use crate::outbox::{QueueError, amqp_call, open_confirmed_channel};
+use crate::metrics::PipelineMetrics;
+use crate::queue::claims_body;
+use crate::queue::topology::Topology;
+use crate::queue::{QueueError, amqp_call, open_confirmed_channel};
+use crate::supervise::{Backoff, Supervised, supervise};
 
 /// Messages the broker may hand us before we ack: each carries up to 2000
 /// claims (`outbox::relay::MESSAGE_CLAIMS`), so at most ~64k claims are held
@@ -281,7 +282,7 @@ impl PersistWorker {
             amqp: amqp_url.into(),
             topology: Topology::new(prefix),
             metrics,
-            amqp_timeout: crate::outbox::DEFAULT_AMQP_TIMEOUT,
+            amqp_timeout: crate::queue::DEFAULT_AMQP_TIMEOUT,
         }
     }
 
@@ -295,21 +296,11 @@ impl PersistWorker {
     /// drains: takes what the broker still delivers until it has been idle
     /// for [`DRAIN_IDLE`], writes it and acks it (the caller bounds the time).
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut backoff = Backoff::default();
-        while !shutdown.is_cancelled() {
-            match self.session(&shutdown, &mut backoff).await {
-                Ok(()) => break,
-                Err(e) => {
-                    if !pause_after_failure("persist worker", &e, &mut backoff, &self.metrics.errors, &shutdown).await {
-                        break;
-                    }
-                }
-            }
-        }
+        supervise("persist worker", &self.metrics.errors, &shutdown, &self).await;
         tracing::info!("persist worker stopped");
     }
 
-    async fn session(&self, shutdown: &CancellationToken, backoff: &mut Backoff) -> Result<(), PersistError> {
+    async fn run_session(&self, shutdown: &CancellationToken, backoff: &mut Backoff) -> Result<(), PersistError> {
         let t = self.amqp_timeout;
         let (conn, ch) = open_confirmed_channel(&self.amqp, &self.topology, t).await?;
         amqp_call(t, ch.basic_qos(PREFETCH, BasicQosOptions::default())).await?;
@@ -506,6 +497,17 @@ async fn store(
         }
     }
     Ok(Some(refused))
+}
+
+impl Supervised for PersistWorker {
+    type Error = PersistError;
+    fn session<'a>(
+        &'a self,
+        shutdown: &'a CancellationToken,
+        backoff: &'a mut Backoff,
+    ) -> impl Future<Output = Result<(), PersistError>> + Send + 'a {
+        self.run_session(shutdown, backoff)
+    }
 }
 
 #[cfg(test)]

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Result, StockStore};
 use crate::domain::CampaignId;
-use crate::metrics::Backoff;
+use crate::supervise::Backoff;
 
 /// What an instance tells the others.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -44,7 +44,7 @@ pub mod topup;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::future::{join_all, try_join_all};
+use futures_util::future::try_join_all;
 use redis::Value;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
@@ -298,6 +298,11 @@ impl StockStore {
 
     pub fn durability(&self) -> Durability {
         self.durability
+    }
+
+    /// The bound of any single call of this store.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     pub fn keys(&self) -> &KeyLayout {
@@ -588,44 +593,6 @@ impl StockStore {
 }
 
 impl StockStore {
-    /// The newest entry id of each of `buckets`' outbox streams (`None`:
-    /// empty): what a shutting down instance must see relayed before it
-    /// stops its relay (everything granted through it is at or before these
-    /// ids). One result per bucket: an unreachable master fails only its
-    /// own buckets.
-    pub async fn outbox_heads(&self, buckets: &[u16]) -> Vec<(u16, Result<Option<String>>)> {
-        let reads = buckets.iter().map(|&b| async move {
-            let key = self.keys.outbox(b);
-            let mut conn = self.conn.get();
-            let last: Result<redis::streams::StreamRangeReply> = self
-                .bounded(
-                    Some(&key),
-                    redis::cmd("XREVRANGE").arg(&key).arg("+").arg("-").arg("COUNT").arg(1).query_async(&mut conn),
-                )
-                .await;
-            (b, last.map(|l| l.ids.into_iter().next().map(|e| e.id)))
-        });
-        join_all(reads).await
-    }
-
-    /// For each of `heads`, whether its stream still has an entry at or
-    /// before its id (the relay deletes an entry once the broker confirmed
-    /// it). One result per bucket.
-    pub async fn outbox_unrelayed(&self, heads: &[(u16, String)]) -> Vec<(u16, Result<bool>)> {
-        let reads = heads.iter().map(|(b, id)| async move {
-            let key = self.keys.outbox(*b);
-            let mut conn = self.conn.get();
-            let first: Result<redis::streams::StreamRangeReply> = self
-                .bounded(
-                    Some(&key),
-                    redis::cmd("XRANGE").arg(&key).arg("-").arg(id).arg("COUNT").arg(1).query_async(&mut conn),
-                )
-                .await;
-            (*b, first.map(|f| !f.ids.is_empty()))
-        });
-        join_all(reads).await
-    }
-
     /// Every claim record of a campaign (all shards), for reconcile. Scans
     /// with HSCAN so a big campaign does not block a node.
     pub async fn campaign_records(&self, c: &Campaign) -> Result<Vec<CouponRecord>> {

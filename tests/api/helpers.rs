@@ -134,7 +134,7 @@ pub async fn spawn_configured(n: usize, prefix: &str, db_name: &str, configure: 
 pub async fn listen_to_events(app: &TestApp) -> (lapin::Connection, lapin::Consumer) {
     let conn = lapin::Connection::connect(&amqp_url(), Default::default()).await.unwrap();
     let ch = conn.create_channel().await.unwrap();
-    let topology = flashgrab::outbox::topology::Topology::new(&app.prefix);
+    let topology = flashgrab::queue::topology::Topology::new(&app.prefix);
     topology.declare(&ch).await.unwrap();
     let q = ch
         .queue_declare(
@@ -290,7 +290,7 @@ impl TestApp {
         .await
             && let Ok(ch) = conn.create_channel().await
         {
-            let t = flashgrab::outbox::topology::Topology::new(&self.prefix);
+            let t = flashgrab::queue::topology::Topology::new(&self.prefix);
             for q in [&t.claims_queue, &t.dead_letter_queue] {
                 let _ = ch.queue_delete(q.as_str().into(), Default::default()).await;
             }

@@ -82,12 +82,12 @@ async fn poison_message_is_dead_lettered_and_the_worker_goes_on() {
     app.wait_persisted(id, 5, 30).await;
 
     let (conn, ch) = amqp_channel().await;
-    let t = flashgrab::outbox::topology::Topology::new(&app.prefix);
+    let t = flashgrab::queue::topology::Topology::new(&app.prefix);
     for poison in [&b"this is not json"[..], br#"{"kind":"claims","claims":[{"id":"x"}]}"#] {
         let confirm = ch
             .basic_publish(
                 t.claims_exchange.as_str().into(),
-                flashgrab::outbox::topology::CLAIM_ROUTING_KEY.into(),
+                flashgrab::queue::topology::CLAIM_ROUTING_KEY.into(),
                 BasicPublishOptions::default(),
                 poison,
                 BasicProperties::default(),

@@ -12,8 +12,8 @@ use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use flashgrab::domain::{Campaign, CampaignId, CouponTerms, Discount};
-use flashgrab::outbox::topology::{CLAIM_ROUTING_KEY, Topology};
 use flashgrab::persist::dlq::{self, DlqListing};
+use flashgrab::queue::topology::{CLAIM_ROUTING_KEY, Topology};
 use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 
@@ -240,7 +240,7 @@ async fn bad_records_are_dead_lettered_alone_and_replayed_after_the_fix() {
     let stray_good = CampaignId::generate().to_string();
     let stray_bad = CampaignId::generate().to_string();
     let day = 86_400_000;
-    let mixed = flashgrab::outbox::relay::claims_body(&[
+    let mixed = flashgrab::queue::claims_body(&[
         &record(&stray_good, &stray, "stray-good", Utc::now().timestamp_millis() + day),
         &record(&stray_bad, &stray, "stray-bad", 253_402_300_799_999),
         r#"{"id":"not-a-record"}"#,

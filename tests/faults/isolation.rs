@@ -369,7 +369,7 @@ fn long(s: &str) -> AMQPValue {
 async fn bind_full_events_queue_and_observer(prefix: &str) -> (lapin::Connection, lapin::Channel, String, String) {
     let conn = lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default()).await.unwrap();
     let ch = conn.create_channel().await.unwrap();
-    let t = flashgrab::outbox::topology::Topology::new(prefix);
+    let t = flashgrab::queue::topology::Topology::new(prefix);
     t.declare(&ch).await.unwrap();
     let events_q = format!("{prefix}.events.full");
     let mut args = FieldTable::default();
@@ -401,7 +401,7 @@ async fn bind_full_events_queue_and_observer(prefix: &str) -> (lapin::Connection
     ch.queue_bind(
         observer.as_str().into(),
         t.claims_exchange.as_str().into(),
-        flashgrab::outbox::topology::CLAIM_ROUTING_KEY.into(),
+        flashgrab::queue::topology::CLAIM_ROUTING_KEY.into(),
         QueueBindOptions::default(),
         FieldTable::default(),
     )

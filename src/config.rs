@@ -80,7 +80,7 @@ pub struct Settings {
     /// anyway; what is left stays in the outbox / queue for the next one.
     pub shutdown_timeout: Duration,
     /// `text` or `json` logs.
-    pub log_format: LogFormat,
+    pub log_format: crate::telemetry::LogFormat,
     /// True when the secrets were generated (dev mode): print them.
     pub generated_secrets: bool,
     /// Run the outbox relay inside `serve` (on by default; off in tests that
@@ -246,12 +246,6 @@ fn ca_file(env: &impl Fn(&str) -> Option<String>, setting: &str) -> Result<Optio
         return Err(err(name, format!("{path} holds no PEM certificate (-----BEGIN CERTIFICATE-----)")));
     }
     Ok(Some((PathBuf::from(path), pem)))
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    Text,
-    Json,
 }
 
 /// The file layer: every key optional, unknown keys refused.
@@ -576,8 +570,8 @@ impl Settings {
             return Err(err("FLASHGRAB_ARCHIVE_AFTER_SECS", "must be between 0 (off) and 31536000 (a year)"));
         }
         let log_format = match pick("LOG_FORMAT", file.log_format, Some("text")).as_deref() {
-            Some("json") => LogFormat::Json,
-            Some("text") => LogFormat::Text,
+            Some("json") => crate::telemetry::LogFormat::Json,
+            Some("text") => crate::telemetry::LogFormat::Text,
             _ => return Err(err("FLASHGRAB_LOG_FORMAT", "must be text or json")),
         };
 

@@ -278,7 +278,7 @@ async fn reconcile(settings: Settings, campaign: &str, repair: bool) -> ExitCode
                 .await
                 .map_err(|e| format!("redis cluster: {e}"))?;
         let c = db.get_campaign(&id).await.map_err(|e| e.to_string())?.ok_or_else(|| format!("no campaign {id}"))?;
-        flashgrab::persist::reconcile::reconcile(&stock, &db, &c, repair).await.map_err(|e| e.to_string())
+        flashgrab::service::reconcile::reconcile(&stock, &db, &c, repair).await.map_err(|e| e.to_string())
     };
     match report.await {
         Ok(r) => {

@@ -1,4 +1,4 @@
-//! From RabbitMQ to MySQL, and the check that nothing was lost on the way.
+//! From RabbitMQ to MySQL.
 //!
 //! - [`worker`]: consumes the claims queue with a bounded prefetch, writes
 //!   each batch in one transaction (idempotent per coupon id), acks only
@@ -9,9 +9,9 @@
 //!   backoff; transient MySQL errors are retried.
 //! - [`dlq`]: `flashgrab dlq list|replay`, for the operator to see the
 //!   dead-letter queue and send it back once the cause is fixed.
-//! - [`reconcile`]: compares the claim records held in Redis with the rows
-//!   in MySQL for one campaign and, on request, writes what is missing.
+//!
+//! The check that nothing was lost (`service::reconcile`) compares both
+//! stores, so it is a use case, not part of the pipeline.
 
 pub mod dlq;
-pub mod reconcile;
 pub mod worker;

@@ -11,20 +11,18 @@
 //! 2. [`admission`]: a bound on requests waiting on the backends at once.
 //!    Over it the answer is 503 `unavailable` at once: a queue without bound
 //!    only turns overload into timeouts for everyone.
-//! 3. [`breaker`]: consecutive Redis failures on one master open that
-//!    master's breaker; while open, the calls of its slots fail at once
-//!    (503) instead of each waiting for its timeout, then one probe is let
-//!    through and a success closes it. The other masters are not affected.
+//!
+//! Behind these, the store's circuit breakers (`stock::breaker`) fail the
+//! calls of an unreachable master fast; they live with the store they
+//! guard.
 //!
 //! Everything here is in memory and per instance; nothing is shared between
 //! instances (each protects its own share of the backends).
 
 pub mod admission;
-pub mod breaker;
 pub mod limits;
 
 pub use admission::{Admission, Permit};
-pub use breaker::{Breaker, BreakerState, Breakers};
 pub use limits::{KeyedLimiter, Limiters, RateLimited};
 
 use crate::config::ProtectSettings;

@@ -37,10 +37,10 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
+use super::reconcile;
 use super::{CampaignService, Result};
 use crate::db::Db;
 use crate::domain::CampaignId;
-use crate::persist::reconcile;
 use crate::stock::StockStore;
 
 /// Period of the automatic pass.

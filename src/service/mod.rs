@@ -7,6 +7,7 @@ pub mod campaigns;
 pub mod claims;
 pub mod coupons;
 pub mod live;
+pub mod reconcile;
 pub mod reports;
 
 pub use archive::{ArchiveOutcome, ArchiveService};

@@ -1,5 +1,5 @@
 //! Every Redis call of the store goes through [`StockStore::bounded`]: the
-//! breaker of the master owning the call's key (see `protect::breaker`),
+//! breaker of the master owning the call's key (see `breaker`),
 //! the timeout, and the outcome reported to both the breaker and the
 //! connection's trouble tracking (`reconnect`).
 //!
@@ -12,9 +12,9 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use super::breaker::Breakers;
 use super::keys::key_slot;
 use super::{Result, SlotMap, StockError, StockStore, is_outage};
-use crate::protect::Breakers;
 
 /// The table is read again at least this often.
 pub const REFRESH_EVERY: Duration = Duration::from_secs(30);

@@ -275,9 +275,9 @@ impl TestApp {
     }
 
     /// Runs reconcile for a campaign through the library.
-    pub async fn reconcile(&self, campaign: &str, repair: bool) -> flashgrab::persist::reconcile::ReconcileReport {
+    pub async fn reconcile(&self, campaign: &str, repair: bool) -> flashgrab::service::reconcile::ReconcileReport {
         let c = self.stock_campaign(campaign).await;
-        flashgrab::persist::reconcile::reconcile(&self.stock, &self.state.db, &c, repair).await.unwrap()
+        flashgrab::service::reconcile::reconcile(&self.stock, &self.state.db, &c, repair).await.unwrap()
     }
 
     /// Deletes this test's queues and database (best effort; scripts/test

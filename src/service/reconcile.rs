@@ -29,10 +29,10 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 
+use super::ServiceError;
 use crate::db::Db;
 use crate::domain::campaign::home_shard;
 use crate::domain::{Campaign, CouponRecord};
-use crate::service::ServiceError;
 use crate::stock::StockStore;
 
 #[derive(Debug, Clone, Default)]

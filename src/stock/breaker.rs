@@ -41,8 +41,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use crate::stock::SlotMap;
-use crate::stock::keys::SLOTS;
+use super::SlotMap;
+use super::keys::SLOTS;
 
 /// A breaker whose probes keep failing pauses at most this many times
 /// `open_for`.

@@ -8,16 +8,19 @@
 //!   gluing the stores together.
 //! - [`stock`]: the Redis Cluster side: key layout, shard placement, the Lua
 //!   claim script and the journaled stock transfers between shards.
-//! - [`outbox`]: the relay from the Redis outbox streams to RabbitMQ
-//!   (publisher confirms, then XACK + XDEL).
-//! - [`persist`]: the RabbitMQ -> MySQL worker and `reconcile`.
+//! - [`outbox`]: the Redis outbox streams and their relay to RabbitMQ
+//!   (publisher confirms, then XACK + XDEL); the MySQL redemptions outbox.
+//! - [`queue`]: RabbitMQ topology, confirmed channels, errors.
+//! - [`persist`]: the RabbitMQ -> MySQL worker and the dead-letter tools.
 //! - [`db`]: MySQL (campaign terms, persisted coupons) and migrations.
 //! - [`domain`]: validated values with no I/O (campaign terms, ids, shard
 //!   routing maths).
 //! - [`auth`]: admin token and HS256 user JWTs (pure logic).
-//! - [`config`], [`backend`], [`telemetry`], [`startup`]: how a process is
-//!   configured (settings, backend URLs, secrets, TLS trust), observed and
-//!   wired.
+//! - [`protect`]: rate limits and the admission bound at the front door.
+//! - [`supervise`]: the reconnect loop of the relay, worker and publisher.
+//! - [`config`], [`backend`], [`metrics`], [`telemetry`], [`startup`]: how a
+//!   process is configured (settings, backend URLs, secrets, TLS trust),
+//!   observed and wired.
 //!
 //! See docs/ARCHITECTURE.md for the full picture and the failure model.
 #![forbid(unsafe_code)]

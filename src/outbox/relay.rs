@@ -1,4 +1,10 @@
 //! The relay loop (see the module note of `outbox`).
+//!
+//! Why one file of ~600 lines: the session loop, the replica gate and
+//! publish-then-ack are one state machine over the same per-bucket state
+//! (`BucketState`, the gate words); split, each part would need the others'
+//! internals. The Redis commands it sends are in `stream`, the RabbitMQ
+//! plumbing in `queue`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};

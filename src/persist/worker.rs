@@ -1,4 +1,9 @@
 //! The persist worker loop (see the module note of `persist`).
+//!
+//! Why one file of ~590 lines (80 of them tests): consuming, splitting a
+//! message into records, storing a batch (halving a refused one to find
+//! the bad rows) and acking are one loop whose correctness is the order of
+//! those steps; it reads best in one place.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -16,7 +16,7 @@ use crate::metrics::LogEvery;
 use crate::stock::StockStore;
 
 /// Result of one probe, per component: `"ok"` or `"down"`.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Readiness {
     pub redis: &'static str,
     pub rabbitmq: &'static str,

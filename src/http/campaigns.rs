@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
-use super::error::ErrorBody;
+use super::error::{ErrorBody, Refusals};
 use super::extract::{Admin, JsonBody, JsonBytes, idempotency_key, parse_json};
 use super::{ApiError, AppState, rfc3339};
 use crate::domain::CampaignId;
@@ -127,11 +127,9 @@ fn campaign_id(raw: &str) -> Result<CampaignId, ApiError> {
         (status = 200, description = "made before by a request with this Idempotency-Key and this body", body = CampaignBody),
         (status = 400, description = "`invalid_request` with `field`", body = ErrorBody),
         (status = 409, description = "`idempotency_conflict`: the key was used with another body", body = ErrorBody),
-        (status = 401, description = "`unauthorized`", body = ErrorBody),
         (status = 413, description = "`payload_too_large`: over 64 KiB", body = ErrorBody),
         (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
-        (status = 429, description = "`rate_limited`", body = ErrorBody, headers(("Retry-After" = u64))),
-        (status = 503, description = "`unavailable`", body = ErrorBody, headers(("Retry-After" = u64)))))]
+        Refusals))]
 pub async fn create(
     State(s): State<AppState>,
     _: Admin,
@@ -170,9 +168,7 @@ pub struct ListQuery {
     responses(
         (status = 200, description = "newest first, one page", body = CampaignList),
         (status = 400, description = "`invalid_request` (`limit`, `cursor`)", body = ErrorBody),
-        (status = 401, description = "`unauthorized`", body = ErrorBody),
-        (status = 429, description = "`rate_limited`", body = ErrorBody, headers(("Retry-After" = u64))),
-        (status = 503, description = "`unavailable`", body = ErrorBody, headers(("Retry-After" = u64)))))]
+        Refusals))]
 pub async fn list(
     State(s): State<AppState>,
     _: Admin,
@@ -209,13 +205,11 @@ pub async fn list(
     responses(
         (status = 200, description = "changed (a top-up is spread over the shards; remaining + claimed == total_stock at rest)", body = CampaignBody),
         (status = 400, description = "`invalid_request` with `field`", body = ErrorBody),
-        (status = 401, description = "`unauthorized`", body = ErrorBody),
         (status = 404, description = "`campaign_not_found`", body = ErrorBody),
         (status = 409, description = "`invalid_change` with `reason`: `ended`, `ends_at_earlier`, `ends_at_out_of_range`, `below_claimed`, `stock_decrease`", body = ErrorBody),
         (status = 413, description = "`payload_too_large`", body = ErrorBody),
         (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
-        (status = 429, description = "`rate_limited`", body = ErrorBody, headers(("Retry-After" = u64))),
-        (status = 503, description = "`unavailable`", body = ErrorBody, headers(("Retry-After" = u64)))))]
+        Refusals))]
 pub async fn patch(
     State(s): State<AppState>,
     _: Admin,
@@ -241,10 +235,8 @@ pub async fn patch(
     params(("id" = String, Path, description = "campaign id")),
     responses(
         (status = 200, description = "one row per persisted claim, streamed: `coupon_id,user_id,claimed_at,status,order_id,redeemed_at,discount_cents` (status `claimed`, `redeemed` or `expired`)", body = String, content_type = "text/csv"),
-        (status = 401, description = "`unauthorized`", body = ErrorBody),
         (status = 404, description = "`campaign_not_found`", body = ErrorBody),
-        (status = 429, description = "`rate_limited`", body = ErrorBody, headers(("Retry-After" = u64))),
-        (status = 503, description = "`unavailable`", body = ErrorBody, headers(("Retry-After" = u64)))))]
+        Refusals))]
 pub async fn claims_csv(State(s): State<AppState>, _: Admin, Path(id): Path<String>) -> Result<Response, ApiError> {
     let id = campaign_id(&id)?;
     let chunks = s.reports.claims_csv(&id, Utc::now()).await?.ok_or(ApiError::CampaignNotFound)?;
@@ -263,10 +255,8 @@ pub async fn claims_csv(State(s): State<AppState>, _: Admin, Path(id): Path<Stri
     params(("id" = String, Path, description = "campaign id")),
     responses(
         (status = 200, description = "the campaign", body = CampaignBody),
-        (status = 401, description = "`unauthorized`", body = ErrorBody),
         (status = 404, description = "`campaign_not_found`", body = ErrorBody),
-        (status = 429, description = "`rate_limited`", body = ErrorBody, headers(("Retry-After" = u64))),
-        (status = 503, description = "`unavailable`", body = ErrorBody, headers(("Retry-After" = u64)))))]
+        Refusals))]
 pub async fn get_one(State(s): State<AppState>, _: Admin, Path(id): Path<String>) -> Result<Response, ApiError> {
     let view = s.campaigns.get(&campaign_id(&id)?, Utc::now()).await?.ok_or(ApiError::CampaignNotFound)?;
     Ok(Json(CampaignBody::of(&view)).into_response())
@@ -276,11 +266,9 @@ pub async fn get_one(State(s): State<AppState>, _: Admin, Path(id): Path<String>
     params(("id" = String, Path, description = "campaign id")),
     responses(
         (status = 200, description = "ended now (idempotent)", body = CampaignBody),
-        (status = 401, description = "`unauthorized`", body = ErrorBody),
         (status = 404, description = "`campaign_not_found`", body = ErrorBody),
         (status = 413, description = "`payload_too_large`", body = ErrorBody),
-        (status = 429, description = "`rate_limited`", body = ErrorBody, headers(("Retry-After" = u64))),
-        (status = 503, description = "`unavailable`", body = ErrorBody, headers(("Retry-After" = u64)))))]
+        Refusals))]
 pub async fn close(State(s): State<AppState>, _: Admin, Path(id): Path<String>) -> Result<Response, ApiError> {
     let view = s.campaigns.close(&campaign_id(&id)?, Utc::now()).await?.ok_or(ApiError::CampaignNotFound)?;
     Ok(Json(CampaignBody::of(&view)).into_response())
@@ -290,10 +278,8 @@ pub async fn close(State(s): State<AppState>, _: Admin, Path(id): Path<String>) 
     params(("id" = String, Path, description = "campaign id")),
     responses(
         (status = 200, description = "live counts", body = StatsBody),
-        (status = 401, description = "`unauthorized`", body = ErrorBody),
         (status = 404, description = "`campaign_not_found`", body = ErrorBody),
-        (status = 429, description = "`rate_limited`", body = ErrorBody, headers(("Retry-After" = u64))),
-        (status = 503, description = "`unavailable`", body = ErrorBody, headers(("Retry-After" = u64)))))]
+        Refusals))]
 pub async fn stats(State(s): State<AppState>, _: Admin, Path(id): Path<String>) -> Result<Response, ApiError> {
     let st = s.campaigns.stats(&campaign_id(&id)?, Utc::now()).await?.ok_or(ApiError::CampaignNotFound)?;
     Ok(Json(StatsBody::of(&st)).into_response())

@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::error::ErrorBody;
+use super::error::{ErrorBody, Refusals};
 use super::extract::{User, authenticate, idempotency_key};
 use super::metrics::ClaimLabel;
 use super::{ApiError, AppState, rfc3339};
@@ -93,13 +93,11 @@ pub struct CouponList<'a> {
         (status = 201, description = "granted", body = CouponBody),
         (status = 200, description = "the coupon of an earlier claim with the same Idempotency-Key", body = CouponBody),
         (status = 400, description = "`invalid_request` (bad Idempotency-Key)", body = ErrorBody),
-        (status = 401, description = "`unauthorized`", body = ErrorBody),
         (status = 404, description = "`campaign_not_found`", body = ErrorBody),
         (status = 409, description = "`not_started` (`starts_at`), `already_claimed` (`coupon_id`), `limit_reached` (`coupon_ids`)", body = ErrorBody),
         (status = 410, description = "`sold_out`, `ended`", body = ErrorBody),
         (status = 413, description = "`payload_too_large`", body = ErrorBody),
-        (status = 429, description = "`rate_limited`", body = ErrorBody, headers(("Retry-After" = u64))),
-        (status = 503, description = "`unavailable`", body = ErrorBody, headers(("Retry-After" = u64)))))]
+        Refusals))]
 pub async fn claim(State(s): State<AppState>, req: Request) -> Response {
     let started = std::time::Instant::now();
     let answer = claim_answer(&s, req.uri().path(), req.headers(), Utc::now()).await;
@@ -170,9 +168,7 @@ pub struct CouponsQuery {
     responses(
         (status = 200, description = "one page of the user's coupons, newest first, including claims not yet persisted (listed once relayed, typically tens of ms after the 201; at once with `campaign_id`); `next_cursor` for the next page", body = CouponList),
         (status = 400, description = "`invalid_request` (`status`, `limit`, `cursor`)", body = ErrorBody),
-        (status = 401, description = "`unauthorized`", body = ErrorBody),
-        (status = 429, description = "`rate_limited`", body = ErrorBody, headers(("Retry-After" = u64))),
-        (status = 503, description = "`unavailable`", body = ErrorBody, headers(("Retry-After" = u64)))))]
+        Refusals))]
 pub async fn my_coupons(
     State(s): State<AppState>,
     User(user): User,
@@ -222,10 +218,8 @@ pub async fn my_coupons(
     params(("coupon_id" = String, Path, description = "coupon id")),
     responses(
         (status = 200, description = "the coupon", body = CouponBody),
-        (status = 401, description = "`unauthorized`", body = ErrorBody),
         (status = 404, description = "`coupon_not_found` (also another user's)", body = ErrorBody),
-        (status = 429, description = "`rate_limited`", body = ErrorBody, headers(("Retry-After" = u64))),
-        (status = 503, description = "`unavailable`", body = ErrorBody, headers(("Retry-After" = u64)))))]
+        Refusals))]
 pub async fn my_coupon(
     State(s): State<AppState>,
     User(user): User,

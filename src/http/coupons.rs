@@ -8,7 +8,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::claims::CouponBody;
-use super::error::ErrorBody;
+use super::error::{ErrorBody, Refusals};
 use super::extract::{JsonBody, User};
 use super::{ApiError, AppState, rfc3339};
 use crate::domain::CouponId;
@@ -34,15 +34,13 @@ pub struct RedemptionBody<'a> {
     responses(
         (status = 200, description = "redeemed (again the same body for the same order_id)", body = RedemptionBody),
         (status = 400, description = "`invalid_request` with `field`", body = ErrorBody),
-        (status = 401, description = "`unauthorized`", body = ErrorBody),
         (status = 404, description = "`coupon_not_found` (also another user's)", body = ErrorBody),
         (status = 409, description = "`already_redeemed` (`order_id`), `not_yet_valid` (`valid_from`)", body = ErrorBody),
         (status = 410, description = "`expired`", body = ErrorBody),
         (status = 413, description = "`payload_too_large`", body = ErrorBody),
         (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
         (status = 422, description = "`not_applicable` (`reason`: `min_spend` or `no_eligible_items`)", body = ErrorBody),
-        (status = 429, description = "`rate_limited`", body = ErrorBody, headers(("Retry-After" = u64))),
-        (status = 503, description = "`unavailable`", body = ErrorBody, headers(("Retry-After" = u64)))))]
+        Refusals))]
 pub async fn redeem(
     State(s): State<AppState>,
     User(user): User,
@@ -74,13 +72,11 @@ pub async fn redeem(
     responses(
         (status = 200, description = "the coupon, back to `claimed` if it was redeemed by this order (idempotent)", body = CouponBody),
         (status = 400, description = "`invalid_request` with `field`", body = ErrorBody),
-        (status = 401, description = "`unauthorized`", body = ErrorBody),
         (status = 404, description = "`coupon_not_found`", body = ErrorBody),
         (status = 409, description = "`not_redeemed_by_order`", body = ErrorBody),
         (status = 413, description = "`payload_too_large`", body = ErrorBody),
         (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
-        (status = 429, description = "`rate_limited`", body = ErrorBody, headers(("Retry-After" = u64))),
-        (status = 503, description = "`unavailable`", body = ErrorBody, headers(("Retry-After" = u64)))))]
+        Refusals))]
 pub async fn release(
     State(s): State<AppState>,
     User(user): User,

@@ -105,6 +105,21 @@ pub struct ErrorBody<'a> {
     valid_from: Option<String>,
 }
 
+/// The answers every `/v1` operation may give besides its own (listed in
+/// each `#[utoipa::path]`): a missing or bad credential, the rate limits,
+/// the admission bound or a backend down. A list for the document: its
+/// values are never made (the answers are `ApiError`s).
+#[allow(dead_code)]
+#[derive(utoipa::IntoResponses)]
+pub enum Refusals {
+    #[response(status = 401, description = "`unauthorized`")]
+    Unauthorized(ErrorBody<'static>),
+    #[response(status = 429, description = "`rate_limited`", headers(("Retry-After" = u64)))]
+    RateLimited(ErrorBody<'static>),
+    #[response(status = 503, description = "`unavailable`", headers(("Retry-After" = u64)))]
+    Unavailable(ErrorBody<'static>),
+}
+
 impl ApiError {
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
         ApiError::InvalidRequest { field: field.into(), message: message.into() }

@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use utoipa::ToSchema;
 
 use super::campaigns::StatsBody;
-use super::error::ErrorBody;
+use super::error::{ErrorBody, Refusals};
 use super::extract::{Admin, User};
 use super::{ApiError, AppState, rfc3339};
 use crate::domain::CampaignId;
@@ -84,10 +84,8 @@ fn admin_event(f: &AdminFrame) -> Event {
     params(("id" = String, Path, description = "campaign id")),
     responses(
         (status = 200, description = "Server-Sent Events: `event: status`, `data:` a StatusEvent, at once and on every change (status, or the rounded stock; at most 4 a second)", body = crate::service::live::UserEvent, content_type = "text/event-stream"),
-        (status = 401, description = "`unauthorized`", body = ErrorBody),
         (status = 404, description = "`campaign_not_found`", body = ErrorBody),
-        (status = 429, description = "`rate_limited`", body = ErrorBody, headers(("Retry-After" = u64))),
-        (status = 503, description = "`unavailable`", body = ErrorBody, headers(("Retry-After" = u64)))))]
+        Refusals))]
 pub async fn events(State(s): State<AppState>, _: User, Path(id): Path<String>) -> Result<Response, ApiError> {
     let id = CampaignId::parse(&id).ok_or(ApiError::CampaignNotFound)?;
     let rx = s.live.user_events(&id).await?.map_err(refused)?;
@@ -101,9 +99,9 @@ pub async fn events(State(s): State<AppState>, _: User, Path(id): Path<String>) 
     params(("id" = String, Path, description = "campaign id")),
     responses(
         (status = 200, description = "Server-Sent Events: `event: stats`, `data:` a LiveStats object, once a second", body = LiveStats, content_type = "text/event-stream"),
-        (status = 401, description = "`unauthorized`", body = ErrorBody),
         (status = 404, description = "`campaign_not_found`", body = ErrorBody),
-        (status = 429, description = "`rate_limited`", body = ErrorBody, headers(("Retry-After" = u64))),
+        Refusals,
+        // After `Refusals`: this 503 replaces its.
         (status = 503, description = "`unavailable` (also: too many campaigns watched on this instance)", body = ErrorBody, headers(("Retry-After" = u64)))))]
 pub async fn live(State(s): State<AppState>, _: Admin, Path(id): Path<String>) -> Result<Response, ApiError> {
     let id = CampaignId::parse(&id).ok_or(ApiError::CampaignNotFound)?;

@@ -7,7 +7,7 @@ use chrono::Utc;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::error::ErrorBody;
+use super::error::{ErrorBody, Refusals};
 use super::extract::Admin;
 use super::{ApiError, AppState, rfc3339};
 use crate::db::reports::TopEntry;
@@ -108,10 +108,8 @@ impl<'a> ReportBody<'a> {
     params(("id" = String, Path, description = "campaign id")),
     responses(
         (status = 200, description = "claims over time, time to sell out, redemptions, discount, top products and categories", body = ReportBody),
-        (status = 401, description = "`unauthorized`", body = ErrorBody),
         (status = 404, description = "`campaign_not_found`", body = ErrorBody),
-        (status = 429, description = "`rate_limited`", body = ErrorBody, headers(("Retry-After" = u64))),
-        (status = 503, description = "`unavailable`", body = ErrorBody, headers(("Retry-After" = u64)))))]
+        Refusals))]
 pub async fn report(State(s): State<AppState>, _: Admin, Path(id): Path<String>) -> Result<Response, ApiError> {
     let id = CampaignId::parse(&id).ok_or(ApiError::CampaignNotFound)?;
     let r = s.reports.report(&id, Utc::now()).await?.ok_or(ApiError::CampaignNotFound)?;

@@ -16,7 +16,7 @@ use crate::stock::StockStore;
 use crate::telemetry::LogEvery;
 
 /// Result of one probe, per component: `"ok"` or `"down"`.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Readiness {
     pub redis: &'static str,
     pub rabbitmq: &'static str,

@@ -31,9 +31,10 @@ pub struct ClaimTimeline {
 }
 
 /// A product or category and how many redeemed coupons' orders had it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct TopEntry {
     pub id: String,
+    /// Redeemed coupons whose order had it (among the lines the coupon applied to).
     pub redemptions: u64,
     /// Sum of those order lines.
     pub line_cents: i64,

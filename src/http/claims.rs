@@ -9,8 +9,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use utoipa::ToSchema;
 
+use super::error::{ErrorBody, Refusals};
 use super::extract::{User, authenticate, idempotency_key};
 use super::metrics::ClaimLabel;
 use super::{ApiError, AppState, rfc3339};
@@ -19,21 +20,27 @@ use crate::domain::{CampaignId, CouponId};
 use crate::service::ClaimResult;
 use crate::service::claims::{CouponStatus, CouponView, CouponsQuery as PageQuery, PAGE_DEFAULT, PAGE_MAX};
 
-/// A coupon as API.md shows it, serialized straight from the view (the
-/// 201 of every grant: no `serde_json::Value` tree per response).
-#[derive(Serialize)]
+// A coupon as API.md shows it, serialized straight from the view (the 201
+// of every grant: no `serde_json::Value` tree per response).
+#[derive(Serialize, ToSchema)]
+#[schema(as = Coupon)]
 pub struct CouponBody<'a> {
     id: &'a str,
     campaign_id: &'a str,
     user_id: &'a str,
     status: CouponStatus,
+    #[schema(format = DateTime)]
     claimed_at: String,
+    #[schema(format = DateTime)]
     valid_from: String,
+    #[schema(format = DateTime)]
     valid_until: String,
     discount: &'a Discount,
     min_spend_cents: i64,
     applies_to: &'a AppliesTo,
+    /// Once redeemed.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime)]
     redeemed_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     order_id: Option<&'a str>,
@@ -61,19 +68,36 @@ impl<'a> CouponBody<'a> {
     }
 }
 
-/// The same, as a JSON value (listings and the other coupon endpoints).
-pub fn coupon_json(c: &CouponView) -> Value {
-    serde_json::to_value(CouponBody::of(c)).expect("a coupon serializes")
+// One page of the user's coupons.
+#[derive(Serialize, ToSchema)]
+pub struct CouponList<'a> {
+    coupons: Vec<CouponBody<'a>>,
+    /// Pass as `cursor` for the next page; null on the last one.
+    next_cursor: Option<&'a str>,
 }
 
 /// `POST /v1/campaigns/{id}/claim`.
-///
-/// Reads the request head itself instead of through one extractor per
-/// input: after a sell-out nearly every request of a drop ends here with a
-/// 410 from memory, and the extractors' futures, the percent-decoded path
-/// parameter and repeated clock reads were most of that answer's cost
-/// (BENCHMARKS.md, "Front end"). The checks keep the documented order:
-/// token (401), `Idempotency-Key` (400), campaign id (404), then the claim.
+//
+// Reads the request head itself instead of through one extractor per
+// input: after a sell-out nearly every request of a drop ends here with a
+// 410 from memory, and the extractors' futures, the percent-decoded path
+// parameter and repeated clock reads were most of that answer's cost
+// (BENCHMARKS.md, "Front end"). The checks keep the documented order:
+// token (401), `Idempotency-Key` (400), campaign id (404), then the claim.
+// (Not a doc comment: that would be the operation's description.)
+#[utoipa::path(post, path = "/v1/campaigns/{id}/claim", tag = "claims", security(("user_jwt" = [])),
+    params(
+        ("id" = String, Path, description = "campaign id"),
+        ("Idempotency-Key" = Option<String>, Header, description = "1..=64 chars: a retry with the same key returns the same coupon with 200")),
+    responses(
+        (status = 201, description = "granted", body = CouponBody),
+        (status = 200, description = "the coupon of an earlier claim with the same Idempotency-Key", body = CouponBody),
+        (status = 400, description = "`invalid_request` (bad Idempotency-Key)", body = ErrorBody),
+        (status = 404, description = "`campaign_not_found`", body = ErrorBody),
+        (status = 409, description = "`not_started` (`starts_at`), `already_claimed` (`coupon_id`), `limit_reached` (`coupon_ids`)", body = ErrorBody),
+        (status = 410, description = "`sold_out`, `ended`", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`", body = ErrorBody),
+        Refusals))]
 pub async fn claim(State(s): State<AppState>, req: Request) -> Response {
     let started = std::time::Instant::now();
     let answer = claim_answer(&s, req.uri().path(), req.headers(), Utc::now()).await;
@@ -135,11 +159,21 @@ pub struct CouponsQuery {
 /// `GET /v1/me/coupons`: one page, newest first; `next_cursor` (the last
 /// id of the page) is passed back as `cursor` for the next one, null on
 /// the last page.
+#[utoipa::path(get, path = "/v1/me/coupons", tag = "coupons", security(("user_jwt" = [])),
+    params(
+        ("campaign_id" = Option<String>, Query, description = "only this campaign"),
+        ("status" = Option<CouponStatus>, Query, description = "only this status"),
+        ("limit" = Option<u32>, Query, description = "page size, 1..=1000 (default 100)"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the page before (opaque)")),
+    responses(
+        (status = 200, description = "one page of the user's coupons, newest first, including claims not yet persisted (listed once relayed, typically tens of ms after the 201; at once with `campaign_id`); `next_cursor` for the next page", body = CouponList),
+        (status = 400, description = "`invalid_request` (`status`, `limit`, `cursor`)", body = ErrorBody),
+        Refusals))]
 pub async fn my_coupons(
     State(s): State<AppState>,
     User(user): User,
     query: Result<Query<CouponsQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::invalid("query", e.body_text()))?;
     let status = match q.status.as_deref() {
         None => None,
@@ -168,25 +202,32 @@ pub async fn my_coupons(
         Some(raw) => match CampaignId::parse(raw) {
             Some(id) => Some(id),
             // An id that cannot exist has no coupons.
-            None => return Ok(Json(json!({ "coupons": [], "next_cursor": null }))),
+            None => return Ok(Json(CouponList { coupons: Vec::new(), next_cursor: None }).into_response()),
         },
     };
     let query = PageQuery { campaign: campaign.as_ref(), status, before: cursor.as_ref(), limit };
     let page = s.claims.my_coupons(&user, &query, Utc::now()).await?;
-    Ok(Json(json!({
-        "coupons": page.coupons.iter().map(coupon_json).collect::<Vec<_>>(),
-        "next_cursor": page.next_cursor,
-    })))
+    let list = CouponList {
+        coupons: page.coupons.iter().map(CouponBody::of).collect(),
+        next_cursor: page.next_cursor.as_deref(),
+    };
+    Ok(Json(list).into_response())
 }
 
+#[utoipa::path(get, path = "/v1/me/coupons/{coupon_id}", tag = "coupons", security(("user_jwt" = [])),
+    params(("coupon_id" = String, Path, description = "coupon id")),
+    responses(
+        (status = 200, description = "the coupon", body = CouponBody),
+        (status = 404, description = "`coupon_not_found` (also another user's)", body = ErrorBody),
+        Refusals))]
 pub async fn my_coupon(
     State(s): State<AppState>,
     User(user): User,
     Path(coupon_id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let id = CouponId::parse(&coupon_id).ok_or(ApiError::CouponNotFound)?;
     let c = s.claims.my_coupon(&user, &id, Utc::now()).await?.ok_or(ApiError::CouponNotFound)?;
-    Ok(Json(coupon_json(&c)))
+    Ok(Json(CouponBody::of(&c)).into_response())
 }
 
 #[cfg(test)]

@@ -32,22 +32,30 @@ fn asset(content_type: &'static str, cache: &'static str, body: &'static str) ->
 }
 
 /// `GET /console`.
+#[utoipa::path(operation_id = "console", get, path = "/console", tag = "console",
+    responses((status = 200, description = "the marketing console (HTML; reads everything through the admin API with the token the user enters; CSP default-src 'self')", body = String, content_type = "text/html")))]
 pub async fn index() -> Response {
     asset("text/html; charset=utf-8", "no-store", INDEX)
 }
 
 /// `GET /console/` (a typed URL with a slash).
+#[utoipa::path(get, path = "/console/", tag = "console",
+    responses((status = 308, description = "to `/console`", headers(("Location" = String)))))]
 pub async fn index_slash() -> Redirect {
     Redirect::permanent("/console")
 }
 
 /// `GET /console/app.js`. Revalidated on every load: the binary may have
 /// been upgraded under the same name.
+#[utoipa::path(get, path = "/console/app.js", tag = "console",
+    responses((status = 200, description = "the console's script", body = String, content_type = "text/javascript")))]
 pub async fn app_js() -> Response {
     asset("text/javascript; charset=utf-8", "no-cache", APP_JS)
 }
 
 /// `GET /console/app.css`.
+#[utoipa::path(get, path = "/console/app.css", tag = "console",
+    responses((status = 200, description = "the console's stylesheet", body = String, content_type = "text/css")))]
 pub async fn app_css() -> Response {
     asset("text/css; charset=utf-8", "no-cache", APP_CSS)
 }

@@ -3,10 +3,13 @@
 //! are logged here with their source and reach the client as a bare 503 or
 //! 500 that reveals nothing (no SQL, no Redis reply, no stack).
 
+use std::borrow::Cow;
+
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
-use serde_json::{Map, Value, json};
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::service::ServiceError;
 
@@ -63,17 +66,71 @@ pub enum ApiError {
     Internal,
 }
 
+// The body as it is written and documented: only the details of the error
+// at hand are present. The fields are in name order, the order the keys
+// were written in when this was a JSON map.
+/// Every error: `{"error": code, "message": text, ...details}`.
+#[derive(Debug, Default, Serialize, ToSchema)]
+#[schema(as = Error)]
+pub struct ErrorBody<'a> {
+    /// `already_claimed`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    coupon_id: Option<&'a str>,
+    /// `limit_reached`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<String>>)]
+    coupon_ids: Option<&'a [String]>,
+    /// Machine-readable code (clients switch on this).
+    error: &'static str,
+    /// `invalid_request`: the first offending field.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
+    #[schema(value_type = String)]
+    message: Cow<'a, str>,
+    /// `already_redeemed`: the order the coupon is redeemed on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    order_id: Option<&'a str>,
+    /// `not_applicable`: `min_spend` or `no_eligible_items`; `invalid_change`:
+    /// `ended`, `ends_at_earlier`, `ends_at_out_of_range`, `below_claimed`,
+    /// `stock_decrease`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'static str>,
+    /// `not_started`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime)]
+    starts_at: Option<String>,
+    /// `not_yet_valid`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime)]
+    valid_from: Option<String>,
+}
+
+/// The answers every `/v1` operation may give besides its own (listed in
+/// each `#[utoipa::path]`): a missing or bad credential, the rate limits,
+/// the admission bound or a backend down. A list for the document: its
+/// values are never made (the answers are `ApiError`s).
+#[allow(dead_code)]
+#[derive(utoipa::IntoResponses)]
+pub enum Refusals {
+    #[response(status = 401, description = "`unauthorized`")]
+    Unauthorized(ErrorBody<'static>),
+    #[response(status = 429, description = "`rate_limited`", headers(("Retry-After" = u64)))]
+    RateLimited(ErrorBody<'static>),
+    #[response(status = 503, description = "`unavailable`", headers(("Retry-After" = u64)))]
+    Unavailable(ErrorBody<'static>),
+}
+
 impl ApiError {
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
         ApiError::InvalidRequest { field: field.into(), message: message.into() }
     }
 
-    fn parts(&self) -> (StatusCode, &'static str, String, Map<String, Value>) {
-        let mut d = Map::new();
-        let (status, code, message) = match self {
+    fn parts(&self) -> (StatusCode, ErrorBody<'_>) {
+        let mut d = ErrorBody::default();
+        let (status, code, message): (StatusCode, &'static str, Cow<'_, str>) = match self {
             ApiError::InvalidRequest { field, message } => {
-                d.insert("field".into(), json!(field));
-                (StatusCode::BAD_REQUEST, "invalid_request", format!("{field}: {message}"))
+                d.field = Some(field.as_str());
+                (StatusCode::BAD_REQUEST, "invalid_request", format!("{field}: {message}").into())
             }
             ApiError::PayloadTooLarge => {
                 (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "request bodies are limited to 64 KiB".into())
@@ -95,30 +152,30 @@ impl ApiError {
             ApiError::CampaignNotFound => (StatusCode::NOT_FOUND, "campaign_not_found", "no such campaign".into()),
             ApiError::CouponNotFound => (StatusCode::NOT_FOUND, "coupon_not_found", "no such coupon".into()),
             ApiError::NotStarted { starts_at } => {
-                d.insert("starts_at".into(), json!(rfc3339(*starts_at)));
+                d.starts_at = Some(rfc3339(*starts_at));
                 (StatusCode::CONFLICT, "not_started", "the campaign has not started yet".into())
             }
             ApiError::AlreadyClaimed { coupon_id } => {
-                d.insert("coupon_id".into(), json!(coupon_id));
+                d.coupon_id = Some(coupon_id.as_str());
                 (StatusCode::CONFLICT, "already_claimed", "you already hold a coupon of this campaign".into())
             }
             ApiError::LimitReached { coupon_ids } => {
-                d.insert("coupon_ids".into(), json!(coupon_ids));
+                d.coupon_ids = Some(coupon_ids.as_slice());
                 (StatusCode::CONFLICT, "limit_reached", "you hold as many coupons of this campaign as allowed".into())
             }
             ApiError::SoldOut => (StatusCode::GONE, "sold_out", "the campaign is sold out".into()),
             ApiError::Ended => (StatusCode::GONE, "ended", "the campaign has ended".into()),
             ApiError::AlreadyRedeemed { order_id } => {
-                d.insert("order_id".into(), json!(order_id));
+                d.order_id = Some(order_id.as_str());
                 (StatusCode::CONFLICT, "already_redeemed", "the coupon is redeemed on another order".into())
             }
             ApiError::NotYetValid { valid_from } => {
-                d.insert("valid_from".into(), json!(rfc3339(*valid_from)));
+                d.valid_from = Some(rfc3339(*valid_from));
                 (StatusCode::CONFLICT, "not_yet_valid", "the coupon is not valid yet".into())
             }
             ApiError::Expired => (StatusCode::GONE, "expired", "the coupon has expired".into()),
             ApiError::NotApplicable { reason } => {
-                d.insert("reason".into(), json!(reason));
+                d.reason = Some(*reason);
                 let message = match *reason {
                     "min_spend" => "the order does not reach the coupon's minimum spend",
                     _ => "no item of the order is eligible for the coupon",
@@ -129,8 +186,8 @@ impl ApiError {
                 (StatusCode::CONFLICT, "not_redeemed_by_order", "the coupon is redeemed on another order".into())
             }
             ApiError::InvalidChange { reason, message } => {
-                d.insert("reason".into(), json!(reason));
-                (StatusCode::CONFLICT, "invalid_change", message.clone())
+                d.reason = Some(*reason);
+                (StatusCode::CONFLICT, "invalid_change", message.as_str().into())
             }
             ApiError::IdempotencyConflict => (
                 StatusCode::CONFLICT,
@@ -145,7 +202,9 @@ impl ApiError {
             }
             ApiError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error".into()),
         };
-        (status, code, message, d)
+        d.error = code;
+        d.message = message;
+        (status, d)
     }
 }
 
@@ -178,10 +237,8 @@ impl From<ServiceError> for ApiError {
 impl ApiError {
     /// The JSON body, serialized.
     fn body(&self) -> (StatusCode, Vec<u8>) {
-        let (status, code, message, mut body) = self.parts();
-        body.insert("error".into(), json!(code));
-        body.insert("message".into(), json!(message));
-        (status, serde_json::to_vec(&Value::Object(body)).expect("a JSON map always serializes"))
+        let (status, body) = self.parts();
+        (status, serde_json::to_vec(&body).expect("an error body always serializes"))
     }
 }
 

@@ -11,10 +11,12 @@ use axum::extract::{Path, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::Stream;
-use serde_json::json;
+use serde::Serialize;
 use tokio::sync::watch;
+use utoipa::ToSchema;
 
-use super::campaigns::stats_json;
+use super::campaigns::StatsBody;
+use super::error::{ErrorBody, Refusals};
 use super::extract::{Admin, User};
 use super::{ApiError, AppState, rfc3339};
 use crate::domain::CampaignId;
@@ -50,21 +52,40 @@ fn sse(stream: impl Stream<Item = Result<Event, Infallible>> + Send + 'static) -
     resp
 }
 
+/// `event: stats` of `GET /v1/campaigns/{id}/live`: the stats body plus
+/// the moment it was read.
+#[derive(Serialize, ToSchema)]
+pub struct LiveStats<'a> {
+    #[serde(flatten)]
+    stats: StatsBody<'a>,
+    name: &'a str,
+    #[schema(format = DateTime)]
+    at: String,
+    /// Claims of the campaign that reached this instance so far (any outcome).
+    attempts_here: u64,
+}
+
 fn user_event(e: &UserEvent) -> Event {
-    Event::default()
-        .event("status")
-        .data(json!({"status": e.status, "remaining_approx": e.remaining_approx}).to_string())
+    Event::default().event("status").data(serde_json::to_string(e).expect("a status event serializes"))
 }
 
 fn admin_event(f: &AdminFrame) -> Event {
-    let mut body = stats_json(&f.stats);
-    body["at"] = json!(rfc3339(f.at));
-    body["name"] = json!(f.stats.view.campaign.name);
-    body["attempts_here"] = json!(f.attempts_here);
-    Event::default().event("stats").data(body.to_string())
+    let body = LiveStats {
+        stats: StatsBody::of(&f.stats),
+        name: &f.stats.view.campaign.name,
+        at: rfc3339(f.at),
+        attempts_here: f.attempts_here,
+    };
+    Event::default().event("stats").data(serde_json::to_string(&body).expect("a stats frame serializes"))
 }
 
 /// `GET /v1/campaigns/{id}/events` (user JWT).
+#[utoipa::path(operation_id = "campaign_events", get, path = "/v1/campaigns/{id}/events", tag = "claims", security(("user_jwt" = [])),
+    params(("id" = String, Path, description = "campaign id")),
+    responses(
+        (status = 200, description = "Server-Sent Events: `event: status`, `data:` a StatusEvent, at once and on every change (status, or the rounded stock; at most 4 a second)", body = crate::service::live::UserEvent, content_type = "text/event-stream"),
+        (status = 404, description = "`campaign_not_found`", body = ErrorBody),
+        Refusals))]
 pub async fn events(State(s): State<AppState>, _: User, Path(id): Path<String>) -> Result<Response, ApiError> {
     let id = CampaignId::parse(&id).ok_or(ApiError::CampaignNotFound)?;
     let rx = s.live.user_events(&id).await?.map_err(refused)?;
@@ -74,6 +95,14 @@ pub async fn events(State(s): State<AppState>, _: User, Path(id): Path<String>) 
 }
 
 /// `GET /v1/campaigns/{id}/live` (admin).
+#[utoipa::path(operation_id = "campaign_live", get, path = "/v1/campaigns/{id}/live", tag = "campaigns", security(("admin_token" = [])),
+    params(("id" = String, Path, description = "campaign id")),
+    responses(
+        (status = 200, description = "Server-Sent Events: `event: stats`, `data:` a LiveStats object, once a second", body = LiveStats, content_type = "text/event-stream"),
+        (status = 404, description = "`campaign_not_found`", body = ErrorBody),
+        Refusals,
+        // After `Refusals`: this 503 replaces its.
+        (status = 503, description = "`unavailable` (also: too many campaigns watched on this instance)", body = ErrorBody, headers(("Retry-After" = u64)))))]
 pub async fn live(State(s): State<AppState>, _: Admin, Path(id): Path<String>) -> Result<Response, ApiError> {
     let id = CampaignId::parse(&id).ok_or(ApiError::CampaignNotFound)?;
     let rx = s.live.admin_frames(&id).await?.map_err(refused)?;

@@ -430,6 +430,8 @@ pub fn worker_router(metrics: Arc<PipelineMetrics>) -> axum::Router {
 }
 
 /// `GET /metrics`.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
 pub async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     let live = live_campaigns(&s).await;
     // This instance's counters sit in its cached copy of the terms (only a

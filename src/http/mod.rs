@@ -31,13 +31,15 @@ use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::header::CONTENT_LENGTH;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use chrono::{DateTime, SecondsFormat, Utc};
 
 pub use error::ApiError;
 pub use extract::parse_json;
 use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::auth::JwtKeys;
 use crate::db::Db;
@@ -141,31 +143,52 @@ async fn refuse_large_bodies(req: Request, next: Next) -> Response {
     }
 }
 
-pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(ops::healthz))
-        .route("/readyz", get(ops::readyz))
-        .route("/openapi.json", get(openapi::openapi_json))
-        .route("/metrics", get(metrics::metrics))
-        .route("/console", get(console::index))
-        .route("/console/", get(console::index_slash))
-        .route("/console/app.js", get(console::app_js))
-        .route("/console/app.css", get(console::app_css))
-        .route("/v1/campaigns", post(campaigns::create).get(campaigns::list))
-        .route("/v1/campaigns/{id}", get(campaigns::get_one).patch(campaigns::patch))
-        .route("/v1/campaigns/{id}/live", get(live::live))
-        .route("/v1/campaigns/{id}/events", get(live::events))
-        .route("/v1/campaigns/{id}/claims.csv", get(campaigns::claims_csv))
-        .route("/v1/campaigns/{id}/close", post(campaigns::close))
-        .route("/v1/campaigns/{id}/stats", get(campaigns::stats))
-        .route("/v1/campaigns/{id}/report", get(reports::report))
-        .route("/v1/campaigns/{id}/claim", post(claims::claim))
-        .route("/v1/me/coupons", get(claims::my_coupons))
-        .route("/v1/me/coupons/{coupon_id}", get(claims::my_coupon))
-        .route("/v1/coupons/{coupon_id}/redeem", post(coupons::redeem))
-        .route("/v1/coupons/{coupon_id}/release", post(coupons::release))
+/// Every route with its documentation: the handlers' `#[utoipa::path]`
+/// give the paths of both the router and the document, so neither can
+/// list a route the other lacks (`routes!` takes only annotated handlers;
+/// the test below catches a route added around it). Startup only: the
+/// requests are routed by the plain axum router this yields.
+fn documented() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(ops::healthz))
+        .routes(routes!(ops::readyz))
+        .routes(routes!(openapi::openapi_json))
+        .routes(routes!(metrics::metrics))
+        .routes(routes!(console::index))
+        .routes(routes!(console::index_slash))
+        .routes(routes!(console::app_js))
+        .routes(routes!(console::app_css))
+        .routes(routes!(campaigns::create, campaigns::list))
+        .routes(routes!(campaigns::get_one, campaigns::patch))
+        .routes(routes!(live::live))
+        .routes(routes!(live::events))
+        .routes(routes!(campaigns::claims_csv))
+        .routes(routes!(campaigns::close))
+        .routes(routes!(campaigns::stats))
+        .routes(routes!(reports::report))
+        .routes(routes!(claims::claim))
+        .routes(routes!(claims::my_coupons))
+        .routes(routes!(claims::my_coupon))
+        .routes(routes!(coupons::redeem))
+        .routes(routes!(coupons::release))
+}
+
+/// The served OpenAPI document, built per call (it is small and rarely
+/// fetched).
+pub fn document() -> utoipa::openapi::OpenApi {
+    documented().into_openapi()
+}
+
+/// The routes, the fallbacks for what none of them match, no layer.
+fn routes() -> Router<AppState> {
+    let (routes, _) = documented().split_for_parts();
+    routes
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+}
+
+pub fn router(state: AppState) -> Router {
+    routes()
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(middleware::from_fn(refuse_large_bodies))
         .layer(middleware::from_fn_with_state(state.clone(), protect::guard))
@@ -190,7 +213,63 @@ pub fn router(state: AppState) -> Router {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use chrono::{SecondsFormat, TimeZone, Utc};
+
+    /// Method and path of every route of `routes()`, read from the
+    /// router's `Debug` text: axum lists its routes nowhere else. The
+    /// text is `PathRouter { routes: {RouteId(n): MethodRouter(MethodRouter
+    /// { get: BoxedHandler, head: None, ... }), ...}, node: Node { paths:
+    /// {RouteId(n): "/path", ...} } }`; should it change, the count check
+    /// below fails rather than the test passing on nothing.
+    fn router_routes() -> BTreeSet<(String, String)> {
+        let text = format!("{:?}", super::routes());
+        let (paths_part, _fallbacks) = text.split_once("fallback_router:").expect("a path router, then the fallbacks");
+        let (endpoints, node) = paths_part.split_once("node: Node").expect("the routes, then their paths");
+        let path_of = |id: &str| -> String {
+            let at = node.find(&format!("RouteId({id}): \"")).unwrap_or_else(|| panic!("no path for RouteId({id})"));
+            let rest = &node[at..];
+            let start = rest.find('"').unwrap() + 1;
+            let len = rest[start..].find('"').unwrap();
+            rest[start..start + len].to_owned()
+        };
+        let mut routes = BTreeSet::new();
+        let mut endpoint_count = 0;
+        for chunk in endpoints.split("RouteId(").skip(1) {
+            let (id, rest) = chunk.split_once(')').unwrap();
+            let methods = rest.split_once("MethodRouter {").expect("a method router per route").1;
+            let methods = methods.split_once("fallback:").expect("the methods, then the fallback").0;
+            endpoint_count += 1;
+            for field in methods.split(',').filter(|f| !f.trim().is_empty()) {
+                let (method, endpoint) = field.split_once(':').expect("method: endpoint");
+                if endpoint.trim() != "None" {
+                    routes.insert((method.trim().to_uppercase(), path_of(id)));
+                }
+            }
+        }
+        assert_eq!(node.matches("RouteId(").count(), endpoint_count, "one path per route in {text}");
+        assert!(endpoint_count >= 20, "too few routes read from {text}");
+        routes
+    }
+
+    #[test]
+    fn the_document_lists_every_route_of_the_router() {
+        let doc = serde_json::to_value(super::document()).unwrap();
+        let documented: BTreeSet<(String, String)> = doc["paths"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .flat_map(|(path, item)| {
+                item.as_object().unwrap().keys().map(move |method| (method.to_uppercase(), path.clone()))
+            })
+            .collect();
+        let routed = router_routes();
+        let undocumented: Vec<_> = routed.difference(&documented).collect();
+        assert!(undocumented.is_empty(), "routes the document lacks: {undocumented:?}");
+        let unrouted: Vec<_> = documented.difference(&routed).collect();
+        assert!(unrouted.is_empty(), "documented routes the router lacks: {unrouted:?}");
+    }
 
     #[test]
     fn rfc3339_matches_chrono_to_the_millisecond() {

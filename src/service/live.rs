@@ -44,10 +44,14 @@ pub const IDLE_TICK: Duration = Duration::from_secs(1);
 /// The console's feed, once a second (API.md: at least once a second).
 pub const ADMIN_TICK: Duration = Duration::from_secs(1);
 
-/// What the app sees: the status and the stock, rounded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What the app sees: the status and the stock, rounded (`event: status`
+/// of `GET /v1/campaigns/{id}/events`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = StatusEvent)]
 pub struct UserEvent {
     pub status: CampaignStatus,
+    /// Units left, rounded down to two significant digits (exact below 100;
+    /// 0 only when none is left).
     pub remaining_approx: u64,
 }
 

@@ -9,13 +9,14 @@ use crate::domain::campaign::home_shard;
 use crate::domain::{Campaign, CouponRecord, UserId};
 
 /// Figures of one shard.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, utoipa::ToSchema)]
 pub struct ShardStats {
     pub shard: u32,
     /// Units on the shard plus units journaled out of it and not yet landed
     /// (they will land on another shard): at rest, in-flight is 0.
     pub remaining: u64,
     pub claimed: u64,
+    /// Units moving between shards right now (journaled transfer).
     pub in_flight: u64,
 }
 

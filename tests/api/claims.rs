@@ -265,7 +265,7 @@ async fn idempotency_key_replays_the_same_coupon() {
 /// persisted (no persist worker here); by id at once.
 #[tokio::test]
 async fn my_coupons_show_a_claim_once_relayed_before_it_is_persisted() {
-    let app = spawn_with(1, true, false).await;
+    let app = TestApp::builder().relay(true).start().await;
     let c1 = app.create_campaign(campaign_with(10, 3, 1)).await;
     let c2 = app.create_campaign(campaign_with(10, 3, 1)).await;
     let (id1, id2) = (c1["id"].as_str().unwrap(), c2["id"].as_str().unwrap());
@@ -389,13 +389,7 @@ async fn claims_survive_an_empty_script_cache() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_claims_of_a_shard_share_script_calls_and_batching_changes_no_outcome() {
     for batch in [32usize, 1] {
-        let (prefix, db) = fresh_names();
-        let t = spawn_configured(1, &prefix, &db, |s| {
-            s.run_relay = false;
-            s.run_persist = false;
-            s.claim_batch = batch;
-        })
-        .await;
+        let t = TestApp::builder().configure(move |s| s.claim_batch = batch).start().await;
         let stock = t.stock.clone();
 
         // One shard: every claim meets every other on the same shard.

@@ -27,18 +27,16 @@ async fn every_response_carries_a_request_id_kept_when_well_formed() {
     let r = app.client.post(app.url("/v1/campaigns")).send().await.unwrap();
     assert_eq!(r.status(), 401);
     assert!(r.headers().contains_key("x-request-id"));
-    app.cleanup().await;
 }
 
 #[tokio::test]
 async fn half_open_connections_beyond_the_limit_do_not_keep_clients_out_and_are_closed() {
-    let (prefix, db) = fresh_names();
     let front = FrontSettings {
         header_read_timeout: Duration::from_secs(2),
         idle_timeout: Duration::from_secs(3),
         max_connections: 20,
     };
-    let app = spawn_configured(1, &prefix, &db, |s| s.front = front).await;
+    let app = TestApp::builder().pipeline().configure(move |s| s.front = front).start().await;
     let c = app.create_campaign(campaign_body(10)).await;
     let id = c["id"].as_str().unwrap().to_owned();
 
@@ -78,5 +76,4 @@ async fn half_open_connections_beyond_the_limit_do_not_keep_clients_out_and_are_
     assert!(count("evicted") >= 30, "{metrics}");
     assert!(count("header_timeout") >= 1, "{metrics}");
     assert!(metrics.contains("flashgrab_http_connections_open "), "{metrics}");
-    app.cleanup().await;
 }

@@ -312,5 +312,4 @@ async fn bad_records_are_dead_lettered_alone_and_replayed_after_the_fix() {
     assert!(app.reconcile(&normal, false).await.matched());
     let (code, text) = dlq_binary(&["list"], "no-such-prefix");
     assert_eq!(code, Some(3), "{text}");
-    app.cleanup().await;
 }

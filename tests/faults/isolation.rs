@@ -36,25 +36,15 @@ impl Drop for Thaw {
 }
 
 /// `flashgrab serve` as a child, its log (JSON lines) in `log`.
-fn spawn_logged(prefix: &str, db_name: &str, port: u16, log: &std::path::Path) -> Child {
-    let s = settings(prefix, db_name);
-    Command::new(env!("CARGO_BIN_EXE_flashgrab"))
-        .arg("serve")
-        .env("FLASHGRAB_LISTEN", format!("127.0.0.1:{port}"))
-        .env("FLASHGRAB_REDIS_NODES", s.redis_nodes.join(","))
-        .env("FLASHGRAB_AMQP_URL", &s.amqp_url)
-        .env("FLASHGRAB_MYSQL_URL", &s.mysql_url)
-        .env("FLASHGRAB_KEY_PREFIX", prefix)
-        .env("FLASHGRAB_ADMIN_TOKEN", ADMIN)
-        .env("FLASHGRAB_USER_JWT_SECRET", SECRET)
-        .env("FLASHGRAB_IP_RATE", "0")
+fn spawn_logged(app: &TestApp, port: u16, log: &std::path::Path) -> ChildGuard {
+    let mut cmd = flashgrab_command(&["serve"], app, port);
+    cmd.env("FLASHGRAB_IP_RATE", "0")
         .env("FLASHGRAB_USER_RATE", "0")
         .env("FLASHGRAB_LOG_FORMAT", "json")
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .expect("the flashgrab binary starts")
+        .stderr(std::fs::File::create(log).unwrap());
+    ChildGuard::spawn(&mut cmd, "flashgrab serve")
 }
 
 /// Every node of the shared cluster must serve its slots while another
@@ -188,10 +178,10 @@ fn lines_per_message_and_second(log: &std::path::Path) -> BTreeMap<(String, Stri
 async fn one_frozen_master_stops_only_its_own_shards() {
     let _guard = STACK.lock().await;
     allow_partial_coverage().await;
-    let (prefix, db_name) = fresh_names();
     // In process: admin calls and the database only (its Redis calls would
     // share the outage); the child serves, relays and persists.
-    let app = spawn_named(1, &prefix, &db_name, false, false).await;
+    let app = spawn_app().await;
+    let prefix = app.prefix.clone();
     let mut body = campaign_body(1_000_000);
     body["shards"] = json!(12);
     let campaign = app.create_campaign(body).await["id"].as_str().unwrap().to_owned();
@@ -209,7 +199,7 @@ async fn one_frozen_master_stops_only_its_own_shards() {
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let log = std::env::temp_dir().join(format!("fg-isolation-{prefix}.log"));
-    let mut child = KillOnDrop(spawn_logged(&prefix, &db_name, port, &log));
+    let mut child = spawn_logged(&app, port, &log);
     wait_healthy(&app.client, &base).await;
     readyz_until(&app.client, &base, 30, "became ready", |s, _| s == StatusCode::OK).await;
 
@@ -325,8 +315,8 @@ async fn one_frozen_master_stops_only_its_own_shards() {
     assert!(rows_late > rows_mid + 50, "claims kept being persisted during the outage: rows {rows_mid} -> {rows_late}");
 
     assert_exactly_once(&app, &campaign, &granted).await;
-    signal(child.0.id(), "-TERM");
-    let _ = child.0.wait();
+    child.signal("-TERM");
+    let _ = child.wait_exit(Duration::from_secs(60));
 
     // Backoff and log throttling: no message more than ~once a second.
     let counts = lines_per_message_and_second(&log);
@@ -347,7 +337,6 @@ async fn one_frozen_master_stops_only_its_own_shards() {
     if !master_and_replica_roles(master).await {
         stack(&["failover", &master.to_string()]);
     }
-    app.cleanup().await;
 }
 
 // ---------------------------------------------------------------------------
@@ -433,7 +422,7 @@ async fn a_full_events_queue_does_not_hold_back_claims() {
     let _guard = STACK.lock().await;
     let (prefix, db_name) = fresh_names();
     let (conn, ch, events_q, observer) = bind_full_events_queue_and_observer(&prefix).await;
-    let app = spawn_named(1, &prefix, &db_name, true, true).await;
+    let app = TestApp::builder().named(&prefix, &db_name).pipeline().start().await;
     let campaign = big_campaign(&app).await;
 
     let burst = Burst::start(app.client.clone(), app.url(""), campaign.clone(), app.jwt.clone(), 8);
@@ -485,5 +474,4 @@ async fn a_full_events_queue_does_not_hold_back_claims() {
         let _ = ch.queue_delete(q.as_str().into(), Default::default()).await;
     }
     let _ = conn.close(200, "bye".into()).await;
-    app.cleanup().await;
 }

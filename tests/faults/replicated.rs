@@ -148,13 +148,12 @@ async fn until_not_503<F: Future<Output = (StatusCode, serde_json::Value)>>(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicated_mode_answers_503_while_no_replica_acknowledges() {
     let _guard = STACK.lock().await;
-    let (prefix, db_name) = fresh_names();
-    let app = spawn_configured(1, &prefix, &db_name, |s| {
-        s.run_relay = true;
-        s.run_persist = true;
-        s.durability = flashgrab::stock::Durability::Replicated { wait: Duration::from_millis(50) };
-    })
-    .await;
+    let app = TestApp::builder()
+        .pipeline()
+        .configure(|s| s.durability = flashgrab::stock::Durability::Replicated { wait: Duration::from_millis(50) })
+        .start()
+        .await;
+    let prefix = app.prefix.clone();
     let mut body = campaign_body(10);
     body["shards"] = json!(1);
     body["per_user_limit"] = json!(2);
@@ -216,7 +215,6 @@ async fn replicated_mode_answers_503_while_no_replica_acknowledges() {
     assert!(report.matched(), "{report}");
     drop(restore);
     stack(&["status"]);
-    app.cleanup().await;
 }
 
 /// Phase C of the failover test: every user claims until it holds
@@ -249,10 +247,10 @@ async fn claim_until_sold_out(app: &TestApp, base: &str, id: &str, users: &[Stri
 async fn replicated_failover_to_a_stale_replica_sells_nothing_twice() {
     const STOCK: usize = 40;
     let _guard = STACK.lock().await;
-    let (prefix, db_name) = fresh_names();
     // In process: admin calls, stats, reconcile; serving, relaying and
     // persisting is the child.
-    let app = spawn_named(1, &prefix, &db_name, false, false).await;
+    let app = spawn_app().await;
+    let prefix = app.prefix.clone();
     let mut body = campaign_body(STOCK as u64);
     body["shards"] = json!(1);
     body["per_user_limit"] = json!(2);
@@ -265,7 +263,7 @@ async fn replicated_failover_to_a_stale_replica_sells_nothing_twice() {
         ("FLASHGRAB_IP_RATE", "0"),
         ("FLASHGRAB_USER_RATE", "0"),
     ];
-    let mut child = KillOnDrop(spawn_binary_with(&["serve"], &prefix, &db_name, port, &env));
+    let mut child = spawn_binary(&["serve"], &app, port, &env);
     wait_healthy(&app.client, &base).await;
     readyz_until(&app.client, &base, 30, "became ready", |s, _| s == StatusCode::OK).await;
 
@@ -341,8 +339,7 @@ async fn replicated_failover_to_a_stale_replica_sells_nothing_twice() {
     let report = app.reconcile(&id, false).await;
     assert!(report.matched(), "{report}");
 
-    kill9(&mut child.0);
+    child.kill9();
     drop(restore);
     stack(&["status"]);
-    app.cleanup().await;
 }

@@ -129,13 +129,11 @@ async fn a_top_up_after_the_sell_out_sells_exactly_the_new_total_on_every_instan
     assert_eq!(app.patch(&id, &json!({"total_stock": 25})).await.0, StatusCode::OK);
     assert_eq!(app.stats(&id).await["total_stock"], 25);
 
-    // The other instance heard of it (the `changed` notice: it forgot the
-    // sell-out and refreshed its copy) and claims again.
-    let cid = flashgrab::domain::CampaignId::parse(&id).unwrap();
-    wait_until(Duration::from_secs(10), "instance 1 saw the top-up", || async {
-        app.states[1].campaigns.cached(&cid).is_some_and(|c| c.total_stock == 25)
-    })
-    .await;
+    // The other instance heard of it (the `changed` notice) and claims
+    // again. Not a condition to wait for: what the notice changes there is
+    // its set of sold-out campaigns (it answered from that set alone, so it
+    // holds no copy of the terms to watch), which nothing outside reads.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let (a, _) = claim_many(&app, 1, &id, 100..120).await;
     let (b, _) = claim_many(&app, 0, &id, 200..220).await;
     assert_eq!(a + b, 15, "exactly the topped-up units are sold");

@@ -47,11 +47,10 @@ async fn kill_9_of_the_persist_worker_mid_batch_loses_no_claim() {
 
     let burst = Pressure::start(&app, &app.url(""), &campaign, DROP, SLOW);
     // Kill it while it is writing: once rows are flowing.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while app.stats(&campaign).await["persisted"].as_u64().unwrap() < 3 {
-        assert!(std::time::Instant::now() < deadline, "the worker never persisted anything");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_until(Duration::from_secs(30), "the worker persisted rows", || async {
+        app.stats(&campaign).await["persisted"].as_u64().unwrap() >= 3
+    })
+    .await;
     worker.kill9();
     assert_stock_left(&app, &c, &burst, "the kill").await;
     burst.pace(FAST);

@@ -218,11 +218,10 @@ async fn one_frozen_master_stops_only_its_own_shards() {
     };
     let mut tasks = side.start(&app, false, 8);
     tasks.extend(side.start(&app, true, 4));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while rows(&app, &campaign).await < 50 {
-        assert!(Instant::now() < deadline, "claims were never persisted before the outage");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until(Duration::from_secs(20), "claims persisted before the outage", || async {
+        rows(&app, &campaign).await >= 50
+    })
+    .await;
 
     // The outage.
     let thaw = Thaw(pids.clone());
@@ -325,12 +324,11 @@ async fn one_frozen_master_stops_only_its_own_shards() {
     let _ = std::fs::remove_file(&log);
 
     // The shared cluster is whole again.
-    let deadline = Instant::now() + Duration::from_secs(30);
     let script = format!("{}/scripts/stack", env!("CARGO_MANIFEST_DIR"));
-    while !Command::new(&script).arg("status").stdout(Stdio::null()).status().unwrap().success() {
-        assert!(Instant::now() < deadline, "scripts/stack status still fails 30 s after the thaw");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    wait_until(Duration::from_secs(30), "scripts/stack status passing after the thaw", || async {
+        Command::new(&script).arg("status").stdout(Stdio::null()).status().unwrap().success()
+    })
+    .await;
     // The frozen replica may have been promoted when both woke up (the
     // survivors had marked its master failed): give the shard its master
     // back (coordinated, loses nothing).
@@ -431,11 +429,13 @@ async fn a_full_events_queue_does_not_hold_back_claims() {
     assert!(granted.len() > 50, "the burst granted claims ({})", granted.len());
     assert_exactly_once(&app, &campaign, &granted).await;
 
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while app.outbox_len().await > 0 {
-        assert!(Instant::now() < deadline, "the outbox never emptied: {} entries left", app.outbox_len().await);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    support::wait::wait_for(Duration::from_secs(20), "the outbox emptied", || async {
+        match app.outbox_len().await {
+            0 => Ok(()),
+            n => Err(format!("{n} entries left")),
+        }
+    })
+    .await;
     // Settled: nothing is sent again after the outbox emptied.
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let copies = copies_sent(&ch, &observer).await;
@@ -443,11 +443,8 @@ async fn a_full_events_queue_does_not_hold_back_claims() {
     assert_eq!(copies.len() as u64, claimed, "every claim was sent");
     let max = copies.values().copied().max().unwrap_or(0);
     assert!(max <= 2, "a claim was sent {max} times to the claims exchange");
-    let m = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(
-        m.lines().any(|l| l.starts_with("flashgrab_events_failed_total ") && !l.ends_with(" 0")),
-        "the refused events are counted: {m}"
-    );
+    let m = support::metrics::scrape(&app, 0).await;
+    assert!(support::metrics::metric(&m, "flashgrab_events_failed_total") > 0.0, "the refused events are counted: {m}");
 
     // A redeem: its event waits in the redemptions table while the queue
     // refuses it (retried with backoff, not in a tight loop), and is sent
@@ -464,11 +461,10 @@ async fn a_full_events_queue_does_not_hold_back_claims() {
     let retries = app.state.metrics.errors.load(Ordering::Relaxed) - errors_before;
     assert!((1..=10).contains(&retries), "the event publisher retries with backoff ({retries} errors in 3 s)");
     ch.queue_purge(events_q.as_str().into(), Default::default()).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while unpublished().await > 0 {
-        assert!(Instant::now() < deadline, "the redeem event was never sent after the queue drained");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until(Duration::from_secs(15), "the redeem event sent after the queue drained", || async {
+        unpublished().await == 0
+    })
+    .await;
 
     for q in [&events_q, &observer] {
         let _ = ch.queue_delete(q.as_str().into(), Default::default()).await;

@@ -26,13 +26,9 @@ async fn info_field(port: u16, section: &str, field: &str) -> String {
     info.lines().find_map(|l| l.trim().strip_prefix(&format!("{field}:")).map(str::to_owned)).unwrap_or_default()
 }
 
-/// Polls `cond` every 20 ms for at most `secs` seconds.
-async fn until<F: Future<Output = bool>>(secs: u64, what: &str, mut cond: impl FnMut() -> F) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
-    while !cond().await {
-        assert!(std::time::Instant::now() < deadline, "never {what} within {secs} s");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+/// [`wait_until`] for at most `secs` seconds.
+async fn until<F: Future<Output = bool>>(secs: u64, what: &str, cond: impl FnMut() -> F) {
+    wait_until(Duration::from_secs(secs), what, cond).await
 }
 
 /// The master owning the slot of the campaign's (single) shard, and the
@@ -314,16 +310,12 @@ async fn replicated_failover_to_a_stale_replica_sells_nothing_twice() {
     }
     // At rest: everything Redis holds is in MySQL (and, with the relay
     // gate, nothing else).
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let rows = loop {
+    let rows = support::wait::wait_for(Duration::from_secs(60), "Redis's grants all in MySQL", || async {
         let rows = app.state.db.campaign_coupons(&id).await.unwrap();
         let ids: HashSet<&str> = rows.iter().map(|r| r.id.as_str()).collect();
-        if in_redis.iter().all(|c| ids.contains(c.as_str())) {
-            break rows;
-        }
-        assert!(std::time::Instant::now() < deadline, "Redis's grants never all reached MySQL ({} rows)", rows.len());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+        if in_redis.iter().all(|c| ids.contains(c.as_str())) { Ok(rows) } else { Err(format!("{} rows", rows.len())) }
+    })
+    .await;
     let mut per_user: HashMap<&str, usize> = HashMap::new();
     for r in &rows {
         *per_user.entry(r.user_id.as_str()).or_default() += 1;

@@ -45,9 +45,8 @@ async fn connection_resets_on_every_master_mid_sell_out_grant_nothing_twice() {
             }
         })
     };
-    while killed.load(Ordering::Relaxed) == 0 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_until(Duration::from_secs(30), "the first connection reset", || async { killed.load(Ordering::Relaxed) > 0 })
+        .await;
     assert_stock_left(&app, &c, &burst, "the first connection reset").await;
     burst.pace(FAST);
     burst.wait_sold_out(30).await;

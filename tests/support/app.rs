@@ -263,7 +263,8 @@ impl Drop for Owned {
                 Ok(rt) => rt,
                 Err(e) => return eprintln!("test cleanup of {}: no runtime: {e}", s.key_prefix),
             };
-            if rt.block_on(tokio::time::timeout(CLEANUP_TIMEOUT, delete_world(&s, &db_name))).is_err() {
+            // The timeout is made inside the runtime (its timer).
+            if rt.block_on(async { tokio::time::timeout(CLEANUP_TIMEOUT, delete_world(&s, &db_name)).await }).is_err() {
                 eprintln!("test cleanup of {}: gave up after {CLEANUP_TIMEOUT:?}", s.key_prefix);
             }
         };

@@ -26,7 +26,7 @@ use support::app::TestApp;
 /// pipeline, with the test settings adjusted by `tune` (limits, Redis
 /// nodes, timeouts).
 async fn spawn_tuned(n: usize, tune: impl Fn(&mut Settings) + 'static) -> TestApp {
-    TestApp::builder().instances(n).configure(tune).start().await
+    TestApp::builder().instances(n).idle_connections(256).configure(tune).start().await
 }
 
 fn retry_after(r: &reqwest::Response) -> Option<u64> {

@@ -129,6 +129,7 @@ pub struct Builder {
     configure: Vec<Configure>,
     alongside: Option<TestApp>,
     names: Option<(String, String)>,
+    idle_connections: usize,
 }
 
 impl TestApp {
@@ -143,6 +144,7 @@ impl TestApp {
             configure: Vec::new(),
             alongside: None,
             names: None,
+            idle_connections: 64,
         }
     }
 }
@@ -181,6 +183,12 @@ impl Builder {
     /// instead of [`settings`].
     pub fn base_settings(mut self, base: impl FnOnce(&str, &str) -> Settings + 'static) -> Self {
         self.base = Some(Box::new(base));
+        self
+    }
+
+    /// Idle connections the app's HTTP client keeps per instance (64).
+    pub fn idle_connections(mut self, n: usize) -> Self {
+        self.idle_connections = n;
         self
     }
 
@@ -231,8 +239,7 @@ impl Builder {
         let state = states[0].clone();
         TestApp {
             addrs,
-            // Room for the floods of the front tests (idle connections kept).
-            client: Client::builder().pool_max_idle_per_host(256).build().unwrap(),
+            client: Client::builder().pool_max_idle_per_host(self.idle_connections).build().unwrap(),
             jwt: JwtKeys::new(SECRET.as_bytes()),
             prefix,
             db_name,

@@ -317,16 +317,11 @@ async fn serve_archives_by_itself_after_the_grace_period() {
     let _archiver =
         TestApp::builder().alongside(&app).configure(|s| s.archive_after = Some(Duration::from_secs(1))).start().await;
     let cid = CampaignId::parse(&id).unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    while app.state.db.archive_state(&cid).await.unwrap().is_none() {
-        assert!(std::time::Instant::now() < deadline, "serve never archived the campaign");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while app.shard_keys_left(&id).await > 0 {
-        assert!(std::time::Instant::now() < deadline, "the keys were never deleted");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until(Duration::from_secs(15), "serve archived the campaign", || async {
+        app.state.db.archive_state(&cid).await.unwrap().is_some()
+    })
+    .await;
+    wait_until(Duration::from_secs(5), "the keys deleted", || async { app.shard_keys_left(&id).await == 0 }).await;
     let st = app.stats(&id).await;
     assert_eq!((st["claimed"].as_u64(), st["remaining"].as_u64()), (Some(1), Some(3)), "{st}");
     assert!(app.reconcile(&id, false).await.matched());

@@ -435,12 +435,7 @@ async fn a_retired_batch_worker_is_replaced_by_the_next_claim() {
     assert_eq!(app.claim(id, "before-idle").await.0, StatusCode::CREATED);
     assert_eq!(app.stock.batch_workers(), 1, "the shard has its worker");
     // The worker retires after 5 s without claims.
-    let mut waited = 0;
-    while app.stock.batch_workers() > 0 {
-        assert!(waited < 100, "the idle worker never retired");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        waited += 1;
-    }
+    wait_until(Duration::from_secs(10), "the idle worker retired", || async { app.stock.batch_workers() == 0 }).await;
     let answers = burst(&app, id, (0..20).map(|i| (0, format!("after-idle-{i}"))).collect()).await;
     assert_eq!(answers.iter().filter(|a| a.1 == StatusCode::CREATED).count(), 9, "the rest of the stock");
     assert_eq!(app.stock.batch_workers(), 1, "a new worker serves the shard");

@@ -186,11 +186,10 @@ async fn interrupted_transfers_are_counted_once_and_recovered_at_startup() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let restarted = TestApp::builder().alongside(&app).start().await;
-    let deadline = Instant::now() + Duration::from_secs(8);
-    while journaled(&restarted.stock, &c).await > 0 {
-        assert!(Instant::now() < deadline, "the restarted instance never recovered the transfers");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until(Duration::from_secs(8), "the restarted instance recovered the transfers", || async {
+        journaled(&restarted.stock, &c).await == 0
+    })
+    .await;
     let st = assert_at_rest(&restarted, &id, 0).await;
     assert_eq!(st["remaining"], 6, "{st}");
     assert_eq!(st["shards"][1]["remaining"], 4, "both transfers landed on shard 1 once: {st}");

@@ -188,7 +188,6 @@ async fn an_ended_persisted_campaign_is_archived_and_still_served_from_mysql() {
     assert_eq!(code, Some(0), "{text}");
     assert!(text.contains("already archived (4 grants)"), "{text}");
     assert_eq!(app.shard_keys_left(&id).await, 0);
-    app.cleanup().await;
 }
 
 #[tokio::test]
@@ -224,7 +223,6 @@ async fn a_campaign_with_grants_not_persisted_is_not_archived() {
     let (code, text) = archive_cli(&app, &["--campaign", &id]);
     assert_eq!((code, text.contains("not over long enough")), (Some(1), true), "{text}");
     assert!(app.shard_keys_left(&id).await > 0);
-    app.cleanup().await;
 }
 
 /// Bytes of Redis memory per grant (docs/OPERATIONS.md, "Sizing"):
@@ -238,7 +236,7 @@ async fn a_campaign_with_grants_not_persisted_is_not_archived() {
 async fn redis_memory_per_grant_stays_within_its_budget() {
     const N: u64 = 2000;
     // The relay runs (it writes the index), the persist worker does not.
-    let app = spawn_with(1, true, false).await;
+    let app = TestApp::builder().relay(true).start().await;
     let mut body = campaign_body(N);
     body["shards"] = json!(1);
     let id = app.create_campaign(body).await["id"].as_str().unwrap().to_owned();
@@ -298,14 +296,12 @@ async fn redis_memory_per_grant_stays_within_its_budget() {
     }
     let done = app.archiver().archive(&CampaignId::parse(&id).unwrap(), chrono::Utc::now(), Duration::ZERO).await;
     println!("  (not archivable while live: {:?})", done.map(|o| o.map(|o| o.to_string())));
-    app.cleanup().await;
 }
 
 #[tokio::test]
 async fn serve_archives_by_itself_after_the_grace_period() {
     // The first instance runs the pipeline, without the archiver.
-    let (prefix, db_name) = fresh_names();
-    let app = spawn_configured(1, &prefix, &db_name, |s| s.archive_after = None).await;
+    let app = TestApp::builder().pipeline().configure(|s| s.archive_after = None).start().await;
     let mut body = campaign_body(4);
     let ends_at = at(2);
     body["ends_at"] = json!(ends_at);
@@ -318,25 +314,15 @@ async fn serve_archives_by_itself_after_the_grace_period() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
 
     // An instance with a grace of one second archives it on its first pass.
-    let _archiver = spawn_configured(1, &prefix, &db_name, |s| {
-        s.run_relay = false;
-        s.run_persist = false;
-        s.archive_after = Some(Duration::from_secs(1));
+    let _archiver =
+        TestApp::builder().alongside(&app).configure(|s| s.archive_after = Some(Duration::from_secs(1))).start().await;
+    let cid = CampaignId::parse(&id).unwrap();
+    wait_until(Duration::from_secs(15), "serve archived the campaign", || async {
+        app.state.db.archive_state(&cid).await.unwrap().is_some()
     })
     .await;
-    let cid = CampaignId::parse(&id).unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    while app.state.db.archive_state(&cid).await.unwrap().is_none() {
-        assert!(std::time::Instant::now() < deadline, "serve never archived the campaign");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while app.shard_keys_left(&id).await > 0 {
-        assert!(std::time::Instant::now() < deadline, "the keys were never deleted");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until(Duration::from_secs(5), "the keys deleted", || async { app.shard_keys_left(&id).await == 0 }).await;
     let st = app.stats(&id).await;
     assert_eq!((st["claimed"].as_u64(), st["remaining"].as_u64()), (Some(1), Some(3)), "{st}");
     assert!(app.reconcile(&id, false).await.matched());
-    app.cleanup().await;
 }

@@ -265,7 +265,7 @@ async fn idempotency_key_replays_the_same_coupon() {
 /// persisted (no persist worker here); by id at once.
 #[tokio::test]
 async fn my_coupons_show_a_claim_once_relayed_before_it_is_persisted() {
-    let app = spawn_with(1, true, false).await;
+    let app = TestApp::builder().relay(true).start().await;
     let c1 = app.create_campaign(campaign_with(10, 3, 1)).await;
     let c2 = app.create_campaign(campaign_with(10, 3, 1)).await;
     let (id1, id2) = (c1["id"].as_str().unwrap(), c2["id"].as_str().unwrap());
@@ -389,13 +389,7 @@ async fn claims_survive_an_empty_script_cache() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_claims_of_a_shard_share_script_calls_and_batching_changes_no_outcome() {
     for batch in [32usize, 1] {
-        let (prefix, db) = fresh_names();
-        let t = spawn_configured(1, &prefix, &db, |s| {
-            s.run_relay = false;
-            s.run_persist = false;
-            s.claim_batch = batch;
-        })
-        .await;
+        let t = TestApp::builder().configure(move |s| s.claim_batch = batch).start().await;
         let stock = t.stock.clone();
 
         // One shard: every claim meets every other on the same shard.
@@ -441,12 +435,7 @@ async fn a_retired_batch_worker_is_replaced_by_the_next_claim() {
     assert_eq!(app.claim(id, "before-idle").await.0, StatusCode::CREATED);
     assert_eq!(app.stock.batch_workers(), 1, "the shard has its worker");
     // The worker retires after 5 s without claims.
-    let mut waited = 0;
-    while app.stock.batch_workers() > 0 {
-        assert!(waited < 100, "the idle worker never retired");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        waited += 1;
-    }
+    wait_until(Duration::from_secs(10), "the idle worker retired", || async { app.stock.batch_workers() == 0 }).await;
     let answers = burst(&app, id, (0..20).map(|i| (0, format!("after-idle-{i}"))).collect()).await;
     assert_eq!(answers.iter().filter(|a| a.1 == StatusCode::CREATED).count(), 9, "the rest of the stock");
     assert_eq!(app.stock.batch_workers(), 1, "a new worker serves the shard");

@@ -96,7 +96,6 @@ async fn many_concurrent_redeems_with_items_of_fresh_coupons_all_succeed_and_rep
     assert_eq!(lines, 2 * N as i64, "two order lines per redemption");
     let st = app.stats(id).await;
     assert_eq!(st["redeemed"], N, "{st}");
-    app.cleanup().await;
 }
 
 #[tokio::test]
@@ -159,5 +158,4 @@ async fn a_release_racing_the_redeem_of_a_fresh_coupon_ends_in_a_serial_order() 
         }
     }
     eprintln!("{ROUNDS} rounds: redeem first {redeem_first}, release first {release_first}");
-    app.cleanup().await;
 }

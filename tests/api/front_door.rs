@@ -7,6 +7,7 @@ use flashgrab::config::FrontSettings;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::helpers::*;
+use crate::support::metrics::metric;
 
 #[tokio::test]
 async fn every_response_carries_a_request_id_kept_when_well_formed() {
@@ -27,18 +28,16 @@ async fn every_response_carries_a_request_id_kept_when_well_formed() {
     let r = app.client.post(app.url("/v1/campaigns")).send().await.unwrap();
     assert_eq!(r.status(), 401);
     assert!(r.headers().contains_key("x-request-id"));
-    app.cleanup().await;
 }
 
 #[tokio::test]
 async fn half_open_connections_beyond_the_limit_do_not_keep_clients_out_and_are_closed() {
-    let (prefix, db) = fresh_names();
     let front = FrontSettings {
         header_read_timeout: Duration::from_secs(2),
         idle_timeout: Duration::from_secs(3),
         max_connections: 20,
     };
-    let app = spawn_configured(1, &prefix, &db, |s| s.front = front).await;
+    let app = TestApp::builder().pipeline().configure(move |s| s.front = front).start().await;
     let c = app.create_campaign(campaign_body(10)).await;
     let id = c["id"].as_str().unwrap().to_owned();
 
@@ -71,12 +70,8 @@ async fn half_open_connections_beyond_the_limit_do_not_keep_clients_out_and_are_
         }
     }
     let metrics = fresh.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    let count = |outcome: &str| -> u64 {
-        let key = format!("flashgrab_http_connections_total{{outcome=\"{outcome}\"}} ");
-        metrics.lines().find_map(|l| l.strip_prefix(&key)).unwrap().parse().unwrap()
-    };
-    assert!(count("evicted") >= 30, "{metrics}");
-    assert!(count("header_timeout") >= 1, "{metrics}");
+    let count = |outcome: &str| metric(&metrics, &format!("flashgrab_http_connections_total{{outcome=\"{outcome}\"}}"));
+    assert!(count("evicted") >= 30.0, "{metrics}");
+    assert!(count("header_timeout") >= 1.0, "{metrics}");
     assert!(metrics.contains("flashgrab_http_connections_open "), "{metrics}");
-    app.cleanup().await;
 }

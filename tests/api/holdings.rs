@@ -75,7 +75,7 @@ async fn all_pages(app: &TestApp, user: &str, query: &str, limit: u32) -> (Vec<S
 
 #[tokio::test]
 async fn a_coupon_of_a_campaign_older_than_500_others_is_listed_found_and_redeemable() {
-    let app = spawn_with(1, true, false).await;
+    let app = TestApp::builder().relay(true).start().await;
     let old = campaign(&app, 10, 2).await;
     let mine = claim_n(&app, &old, "veteran", 2).await;
     // 500 newer campaigns: the old one is not among the newest 500.
@@ -116,12 +116,11 @@ async fn a_coupon_of_a_campaign_older_than_500_others_is_listed_found_and_redeem
     assert_eq!(ids_of(&app.my_coupons("veteran", "?status=claimed").await), recent);
     let (s, one) = get_user(&app, "veteran", &format!("/v1/me/coupons/{}", mine[1])).await;
     assert_eq!((s, one["order_id"].as_str()), (StatusCode::OK, Some("o-after")), "{one}");
-    app.cleanup().await;
 }
 
 #[tokio::test]
 async fn pages_of_the_listing_neither_repeat_nor_lose_a_coupon() {
-    let app = spawn_with(1, true, false).await;
+    let app = TestApp::builder().relay(true).start().await;
     let a = campaign(&app, 200, 70).await;
     let b = campaign(&app, 200, 70).await;
     let mut all = claim_n(&app, &a, "pager", 70).await;
@@ -184,7 +183,6 @@ async fn pages_of_the_listing_neither_repeat_nor_lose_a_coupon() {
         assert_error(&got, 400, "invalid_request");
         assert_eq!(got.1["field"], field, "{}", got.1);
     }
-    app.cleanup().await;
 }
 
 /// Index entries that no longer lead anywhere (a campaign whose keys are
@@ -192,7 +190,7 @@ async fn pages_of_the_listing_neither_repeat_nor_lose_a_coupon() {
 /// dropped; the coupon of the archived campaign is listed from MySQL.
 #[tokio::test]
 async fn stale_index_entries_are_tolerated_and_dropped() {
-    let app = spawn_with(1, true, false).await;
+    let app = TestApp::builder().relay(true).start().await;
     let id = campaign(&app, 5, 1).await;
     let coupon = claim_n(&app, &id, "archivist", 1).await.remove(0);
     app.wait_relayed(10).await;
@@ -227,7 +225,6 @@ async fn stale_index_entries_are_tolerated_and_dropped() {
     assert_eq!(left.keys().collect::<Vec<_>>(), vec![&coupon], "stale entries stay: {left:?}");
     let (s, r) = redeem(&app, "archivist", &coupon, "o-1").await;
     assert_eq!(s, StatusCode::OK, "{r}");
-    app.cleanup().await;
 }
 
 /// The window before the relay's pass (and what a failed index write
@@ -263,7 +260,6 @@ async fn a_grant_not_indexed_yet_is_found_by_id_and_listed_once_persisted() {
     assert_eq!(listed, want);
     let (s, r) = redeem(&app, "unlucky", &coupons[2], "o-2").await;
     assert_eq!(s, StatusCode::OK, "{r}");
-    app.cleanup().await;
 }
 
 /// How soon after its 201 a grant is listed (the relay's pass): claims one
@@ -272,7 +268,7 @@ async fn a_grant_not_indexed_yet_is_found_by_id_and_listed_once_persisted() {
 /// every grant shows, within a bound far above them.
 #[tokio::test]
 async fn a_grant_is_listed_right_after_the_relay_pass() {
-    let app = spawn_with(1, true, false).await;
+    let app = TestApp::builder().relay(true).start().await;
     let id = campaign(&app, 100, 40).await;
     let mut delays = Vec::new();
     for _ in 0..40 {
@@ -293,7 +289,6 @@ async fn a_grant_is_listed_right_after_the_relay_pass() {
         delays[20], delays[36], delays[39]
     );
     assert_eq!(app.held("eager").await.len(), 40);
-    app.cleanup().await;
 }
 
 /// The relay's index writes are idempotent: the same records shipped again
@@ -301,7 +296,7 @@ async fn a_grant_is_listed_right_after_the_relay_pass() {
 /// outbox entry) leave the index as it was; each grant is one entry.
 #[tokio::test]
 async fn the_index_is_unchanged_when_the_relay_ships_the_same_records_again() {
-    let app = spawn_with(1, true, false).await;
+    let app = TestApp::builder().relay(true).start().await;
     let a = campaign(&app, 50, 5).await;
     let b = campaign(&app, 50, 5).await;
     let mine: Vec<String> = [claim_n(&app, &a, "twice", 3).await, claim_n(&app, &b, "twice", 2).await].concat();
@@ -332,7 +327,6 @@ async fn the_index_is_unchanged_when_the_relay_ships_the_same_records_again() {
     let mut want = mine.clone();
     want.sort_by(|x, y| y.cmp(x));
     assert_eq!(listed, want, "each coupon once");
-    app.cleanup().await;
 }
 
 /// A failed index write holds nothing back: the relay ships and acks the
@@ -353,5 +347,4 @@ async fn a_failed_index_write_does_not_hold_back_persistence() {
     assert!(failed >= 1, "the failed write is counted");
     let (s, one) = get_user(&app, "blocked", &format!("/v1/me/coupons/{coupon}")).await;
     assert_eq!(s, StatusCode::OK, "{one}");
-    app.cleanup().await;
 }

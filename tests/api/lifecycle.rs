@@ -12,7 +12,7 @@ use crate::helpers::*;
 
 #[tokio::test]
 async fn each_lifecycle_event_arrives_once_as_documented() {
-    let app = spawn_with(2, true, true).await;
+    let app = TestApp::builder().instances(2).pipeline().start().await;
     let (conn, mut deliveries) = listen_to_events(&app).await;
 
     let mut body = campaign_body(2);
@@ -69,5 +69,4 @@ async fn each_lifecycle_event_arrives_once_as_documented() {
         }
     }
     let _ = conn.close(200, "bye".into()).await;
-    app.cleanup().await;
 }

@@ -1,9 +1,11 @@
 //! API-level integration tests against the real local stack. One binary
-//! (faster to link); each test isolates itself by key prefix and database.
+//! (faster to link); each test isolates itself by key prefix and database
+//! (`support::app`), one file per part of the API.
+
+#[path = "../support/mod.rs"]
+mod support;
 
 mod helpers;
-#[path = "../support/private_cluster.rs"]
-mod private_cluster;
 
 mod archive;
 mod campaigns;

@@ -64,12 +64,7 @@ async fn every_grant_becomes_exactly_one_row() {
     assert!(report.matched(), "{report}");
 
     // The outbox is trimmed once the broker confirmed.
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while app.outbox_len().await > 0 {
-        assert!(std::time::Instant::now() < deadline, "outbox never drained");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    app.cleanup().await;
+    app.wait_relayed(20).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -116,7 +111,6 @@ async fn poison_message_is_dead_lettered_and_the_worker_goes_on() {
     }
     assert!(app.reconcile(id, false).await.matched());
     let _ = conn.close(200, "bye".into()).await;
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -167,7 +161,6 @@ async fn reconcile_reports_missing_and_extra_rows_and_repairs() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("extra rows:       1") && text.contains("MISMATCH"), "{text}");
-    app.cleanup().await;
 }
 
 /// A relay that read entries and died before publishing them: another
@@ -175,8 +168,8 @@ async fn reconcile_reports_missing_and_extra_rows_and_repairs() {
 /// MySQL exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entries_held_by_a_dead_relay_are_reclaimed() {
-    let (prefix, db_name) = fresh_names();
-    let quiet = spawn_named(1, &prefix, &db_name, false, false).await;
+    let quiet = TestApp::builder().start().await;
+    let prefix = quiet.prefix.clone();
     let c = quiet.create_campaign(campaign_body(40)).await;
     let id = c["id"].as_str().unwrap();
     let granted = grants(&quiet, id, 10, "dead").await;
@@ -210,12 +203,11 @@ async fn entries_held_by_a_dead_relay_are_reclaimed() {
     }
     assert_eq!(taken, 10, "the dead relay holds every entry");
 
-    let live = spawn_named(1, &prefix, &db_name, true, true).await;
+    let live = TestApp::builder().alongside(&quiet).pipeline().start().await;
     live.wait_persisted(id, 10, 60).await;
     let reclaimed = live.state.metrics.reclaimed.load(std::sync::atomic::Ordering::Relaxed);
     assert!(reclaimed >= 10, "taken over by XAUTOCLAIM ({reclaimed})");
     assert!(live.reconcile(id, false).await.matched());
-    live.cleanup().await;
 }
 
 /// `GET /v1/me/coupons` merges the rows in MySQL with the claims in Redis:
@@ -243,5 +235,4 @@ async fn my_coupons_merge_database_rows() {
     assert!(ids.contains(&"01JD0000000000000000000007") && ids.contains(&mine["id"].as_str().unwrap()));
     let filtered = app.my_coupons("merge-user", &format!("?campaign_id={id}")).await;
     assert_eq!(filtered["coupons"].as_array().unwrap().len(), 2);
-    app.cleanup().await;
 }

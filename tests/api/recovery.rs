@@ -136,7 +136,6 @@ async fn repair_gives_redis_back_the_grants_a_failover_lost() {
     assert_eq!((st["remaining"].as_u64(), st["claimed"].as_u64()), (Some(0), Some(10)), "{st}");
     assert_eq!(app.state.db.campaign_coupons(&id).await.unwrap().len(), 10);
     assert!(app.reconcile(&id, false).await.matched());
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -170,5 +169,4 @@ async fn repair_reports_a_unit_that_was_sold_again_after_the_loss() {
     assert_error(&app.claim_on(0, &id, "s0", Some("third")).await, 409, "already_claimed");
     let st = app.stats(&id).await;
     assert_eq!((st["remaining"].as_u64(), st["claimed"].as_u64()), (Some(0), Some(5)), "{st}");
-    app.cleanup().await;
 }

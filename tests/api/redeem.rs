@@ -94,7 +94,6 @@ async fn redeem_right_after_claim_writes_through_and_replays() {
 
     let st = app.stats(id).await;
     assert_eq!((st["redeemed"].as_u64(), st["discount_total_cents"].as_i64()), (Some(1), Some(2000)), "{st}");
-    app.cleanup().await;
 }
 
 #[tokio::test]
@@ -154,7 +153,6 @@ async fn concurrent_redeems_of_one_coupon_for_different_orders_have_one_winner()
     let st = app.stats(id).await;
     assert_eq!(st["redeemed"], 12, "{st}");
     assert_eq!(st["discount_total_cents"], 12 * 500);
-    app.cleanup().await;
 }
 
 #[tokio::test]
@@ -240,13 +238,12 @@ async fn redeem_and_release_answer_every_documented_error() {
     let got = app.redeem("bob", &early, order("o-3", 10000)).await;
     assert_error(&got, 409, "not_yet_valid");
     assert!(got.1["valid_from"].is_string(), "{}", got.1);
-    app.cleanup().await;
 }
 
 #[tokio::test]
 async fn an_expired_coupon_is_listed_expired_and_cannot_be_redeemed() {
     // The relay indexes the grant (the listing finds it there).
-    let app = spawn_with(1, true, false).await;
+    let app = TestApp::builder().relay(true).start().await;
     let c = app
         .create_campaign(json!({
             "name": "short", "total_stock": 5, "starts_at": at(-1), "ends_at": at(3600),
@@ -267,7 +264,6 @@ async fn an_expired_coupon_is_listed_expired_and_cannot_be_redeemed() {
     assert_eq!(listed["coupons"][0]["id"], coupon.as_str(), "{listed}");
     assert_eq!(listed["coupons"][0]["status"], "expired");
     assert_error(&app.redeem("carol", &coupon, order("o-late", 10000)).await, 410, "expired");
-    app.cleanup().await;
 }
 
 #[tokio::test]
@@ -340,7 +336,6 @@ async fn redemptions_survive_the_pipeline_and_reach_the_events_and_the_report() 
     let missing = app.get_admin(&format!("/v1/campaigns/{}/report", ulid::Ulid::new())).await;
     assert_error(&parts(missing).await, 404, "campaign_not_found");
     let _ = conn.close(200, "bye".into()).await;
-    app.cleanup().await;
 }
 
 #[tokio::test]
@@ -395,7 +390,6 @@ async fn user_ids_compare_exactly_in_listings_lookups_and_redeems() {
     // A control character is refused at the door (it never reaches a store).
     let r = app.client.get(app.url("/v1/me/coupons")).bearer_auth(app.token("alice\t")).send().await.unwrap();
     assert_error(&parts(r).await, 401, "unauthorized");
-    app.cleanup().await;
 }
 
 #[tokio::test]
@@ -444,7 +438,6 @@ async fn redeemed_at_of_the_answer_is_the_rows_when_the_server_rounds_fractions(
     let replay = app.redeem("dora", &coupon, order("o-round", 1000)).await;
     assert_eq!(replay.1["redeemed_at"], flashgrab::http::rfc3339(redemption.redeemed_at), "{}", replay.1);
     assert_eq!(app.my_coupons("dora", "").await["coupons"][0]["redeemed_at"], replay.1["redeemed_at"]);
-    app.cleanup().await;
 }
 
 #[tokio::test]
@@ -481,5 +474,4 @@ async fn redeem_right_after_claim_is_valid_when_this_clock_is_behind_the_redis_c
     assert_eq!(b["status"], "claimed", "{b}");
     let again = app.redeem("erin", &coupon, order("o-again", 1000)).await;
     assert_eq!(again.0, StatusCode::OK, "{}", again.1);
-    app.cleanup().await;
 }

@@ -12,7 +12,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::helpers::*;
-use crate::private_cluster::PrivateCluster;
+use crate::support::cluster::PrivateCluster;
 
 fn campaign_with(stock: u64, shards: u64) -> Value {
     let mut b = campaign_body(stock);
@@ -23,17 +23,17 @@ fn campaign_with(stock: u64, shards: u64) -> Value {
 /// `n` instances sharing one prefix and database, with room for a crowd
 /// (no shedding: a 503 would only be retried).
 async fn crowd_apps(n: usize) -> TestApp {
-    let (prefix, db_name) = fresh_names();
-    spawn_configured(n, &prefix, &db_name, |s| {
-        s.run_relay = false;
-        s.run_persist = false;
-        s.protect.max_in_flight = 100_000;
-        s.protect.claim_rate = None;
-        // Two cores shared with builds: a slow answer is not an outage here.
-        s.redis_timeout = Duration::from_secs(10);
-        s.protect.breaker_failures = 100_000;
-    })
-    .await
+    TestApp::builder()
+        .instances(n)
+        .configure(|s| {
+            s.protect.max_in_flight = 100_000;
+            s.protect.claim_rate = None;
+            // Two cores shared with builds: a slow answer is not an outage here.
+            s.redis_timeout = Duration::from_secs(10);
+            s.protect.breaker_failures = 100_000;
+        })
+        .start()
+        .await
 }
 
 /// One claim per user, all at once, spread over the instances; 503s are
@@ -120,7 +120,6 @@ async fn sixteen_shards_sell_out_completely_under_a_crowd() {
         rounds += 1;
     }
     eprintln!("{rounds} drops of 16 units on 16 shards sold out completely");
-    app.cleanup().await;
 }
 
 /// Runs `lua/give.lua` for a transfer by hand: a process that dies right
@@ -153,8 +152,7 @@ async fn journaled(stock: &StockStore, c: &Campaign) -> usize {
 /// and the drop then sells out completely.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interrupted_transfers_are_counted_once_and_recovered_at_startup() {
-    let (prefix, db_name) = fresh_names();
-    let app = spawn_named(1, &prefix, &db_name, false, false).await;
+    let app = spawn_app().await;
     let id = app.create_campaign(campaign_with(6, 3)).await["id"].as_str().unwrap().to_owned();
     let c = app.stock_campaign(&id).await;
     // Dies after take: 1 unit of shard 0 in flight to shard 1.
@@ -187,12 +185,11 @@ async fn interrupted_transfers_are_counted_once_and_recovered_at_startup() {
         assert!(Instant::now() < deadline, "redis time does not move");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let restarted = spawn_named(1, &prefix, &db_name, false, false).await;
-    let deadline = Instant::now() + Duration::from_secs(8);
-    while journaled(&restarted.stock, &c).await > 0 {
-        assert!(Instant::now() < deadline, "the restarted instance never recovered the transfers");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let restarted = TestApp::builder().alongside(&app).start().await;
+    wait_until(Duration::from_secs(8), "the restarted instance recovered the transfers", || async {
+        journaled(&restarted.stock, &c).await == 0
+    })
+    .await;
     let st = assert_at_rest(&restarted, &id, 0).await;
     assert_eq!(st["remaining"], 6, "{st}");
     assert_eq!(st["shards"][1]["remaining"], 4, "both transfers landed on shard 1 once: {st}");
@@ -207,7 +204,6 @@ async fn interrupted_transfers_are_counted_once_and_recovered_at_startup() {
     let (granted, _) = crowd(&restarted, &id, 40, "after-restart").await;
     assert_eq!(granted, 6);
     assert_at_rest(&restarted, &id, 6).await;
-    app.cleanup().await;
 }
 
 /// Reconcile lands what a dead process left too.
@@ -222,7 +218,6 @@ async fn reconcile_lands_interrupted_transfers() {
     assert!(app.reconcile(&id, false).await.matched());
     assert_eq!(journaled(&app.stock, &c).await, 0);
     assert_at_rest(&app, &id, 0).await;
-    app.cleanup().await;
 }
 
 /// The same crowd on a private cluster one master of which stalls for 3 ms
@@ -233,17 +228,17 @@ async fn reconcile_lands_interrupted_transfers() {
 async fn sixteen_shards_sell_out_completely_with_a_stalling_master() {
     let cluster = PrivateCluster::start_with(3, 1, 5000).await;
     let nodes = cluster.nodes();
-    let (prefix, db_name) = fresh_names();
-    let app = spawn_configured(4, &prefix, &db_name, |s| {
-        s.run_relay = false;
-        s.run_persist = false;
-        s.redis_nodes = nodes.clone();
-        s.protect.max_in_flight = 100_000;
-        s.protect.claim_rate = None;
-        s.redis_timeout = Duration::from_secs(10);
-        s.protect.breaker_failures = 100_000;
-    })
-    .await;
+    let app = TestApp::builder()
+        .instances(4)
+        .configure(move |s| {
+            s.redis_nodes = nodes.clone();
+            s.protect.max_in_flight = 100_000;
+            s.protect.claim_rate = None;
+            s.redis_timeout = Duration::from_secs(10);
+            s.protect.breaker_failures = 100_000;
+        })
+        .start()
+        .await;
     let master = cluster.ports[(0..6).find(|i| !cluster.replicas().contains(i)).unwrap()];
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let staller = {
@@ -276,7 +271,6 @@ async fn sixteen_shards_sell_out_completely_with_a_stalling_master() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     staller.await.unwrap();
     eprintln!("{rounds} drops of 16 units on 16 shards sold out completely with a stalling master");
-    app.cleanup().await;
 }
 
 /// `replicated` mode: with every replica frozen, a transfer stops right
@@ -288,14 +282,13 @@ async fn sixteen_shards_sell_out_completely_with_a_stalling_master() {
 async fn replicated_transfers_wait_for_a_replica_at_every_step() {
     let cluster = PrivateCluster::start_with(3, 1, 5000).await;
     let nodes = cluster.nodes();
-    let (prefix, db_name) = fresh_names();
-    let app = spawn_configured(1, &prefix, &db_name, |s| {
-        s.run_relay = false;
-        s.run_persist = false;
-        s.redis_nodes = nodes.clone();
-        s.durability = Durability::Replicated { wait: Duration::from_millis(1000) };
-    })
-    .await;
+    let app = TestApp::builder()
+        .configure(move |s| {
+            s.redis_nodes = nodes.clone();
+            s.durability = Durability::Replicated { wait: Duration::from_millis(1000) };
+        })
+        .start()
+        .await;
     let id = app.create_campaign(campaign_with(6, 3)).await["id"].as_str().unwrap().to_owned();
     let c = app.stock_campaign(&id).await;
     let before = app.stock.read_shard(&c, 1).await.unwrap().remaining;
@@ -339,5 +332,4 @@ async fn replicated_transfers_wait_for_a_replica_at_every_step() {
     }
     assert_eq!(app.stock.read_shard(&c, 1).await.unwrap().remaining, before + 2, "{early} landed once, the other once");
     assert_at_rest(&app, &id, 0).await;
-    app.cleanup().await;
 }

@@ -52,7 +52,6 @@ async fn times_the_pipeline_cannot_store_are_refused_at_create() {
         assert_eq!(got.1["field"], field, "body {body} gave {}", got.1);
         assert!(got.1["message"].as_str().unwrap().starts_with(field), "{}", got.1);
     }
-    app.cleanup().await;
 }
 
 /// The bounds themselves are storable: a coupon valid from the first to
@@ -82,5 +81,4 @@ async fn a_campaign_at_the_bounds_is_accepted_and_persisted() {
     let c = app.create_campaign(ten_years).await;
     let got = app.get_admin(&format!("/v1/campaigns/{}", c["id"].as_str().unwrap())).await;
     assert_eq!(got.status(), StatusCode::OK);
-    app.cleanup().await;
 }

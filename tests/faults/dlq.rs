@@ -105,15 +105,11 @@ async fn rows(app: &TestApp, campaign: &str) -> Vec<String> {
 
 /// Polls until the campaign has exactly `want` rows (bounded).
 async fn wait_rows(app: &TestApp, campaign: &str, want: usize, secs: u64) -> Vec<String> {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
+    support::wait::wait_for(Duration::from_secs(secs), &format!("campaign {campaign} with {want} rows"), || async {
         let got = rows(app, campaign).await;
-        if got.len() == want {
-            return got;
-        }
-        assert!(Instant::now() < deadline, "campaign {campaign} has {} rows, want {want}", got.len());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        if got.len() == want { Ok(got) } else { Err(format!("{} rows", got.len())) }
+    })
+    .await
 }
 
 /// Polls the dead-letter queue until the coupon ids it holds are exactly
@@ -121,17 +117,14 @@ async fn wait_rows(app: &TestApp, campaign: &str, want: usize, secs: u64) -> Vec
 /// to the worker (e.g. re-sent by a relay after the broker came back) can
 /// be dead-lettered twice, so ids count, not messages.
 async fn wait_dead_letters(prefix: &str, want: &HashSet<String>, secs: u64) -> DlqListing {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let l = dlq::list(&amqp_url(), prefix, 10_000, AMQP_TIMEOUT).await;
-        if let Ok(l) = &l
-            && ids_by_reason(l).into_values().flatten().collect::<HashSet<_>>() == *want
-        {
-            return l.clone();
+    let what = format!("the dead-letter queue holding exactly {want:?}");
+    support::wait::wait_for(Duration::from_secs(secs), &what, || async {
+        match dlq::list(&amqp_url(), prefix, 10_000, AMQP_TIMEOUT).await {
+            Ok(l) if ids_by_reason(&l).into_values().flatten().collect::<HashSet<_>>() == *want => Ok(l),
+            other => Err(format!("{other:?}")),
         }
-        assert!(Instant::now() < deadline, "the dead-letter queue never held exactly {want:?}: {l:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    })
+    .await
 }
 
 /// Coupon ids of the listed records, per reason.
@@ -312,5 +305,4 @@ async fn bad_records_are_dead_lettered_alone_and_replayed_after_the_fix() {
     assert!(app.reconcile(&normal, false).await.matched());
     let (code, text) = dlq_binary(&["list"], "no-such-prefix");
     assert_eq!(code, Some(3), "{text}");
-    app.cleanup().await;
 }

@@ -36,25 +36,15 @@ impl Drop for Thaw {
 }
 
 /// `flashgrab serve` as a child, its log (JSON lines) in `log`.
-fn spawn_logged(prefix: &str, db_name: &str, port: u16, log: &std::path::Path) -> Child {
-    let s = settings(prefix, db_name);
-    Command::new(env!("CARGO_BIN_EXE_flashgrab"))
-        .arg("serve")
-        .env("FLASHGRAB_LISTEN", format!("127.0.0.1:{port}"))
-        .env("FLASHGRAB_REDIS_NODES", s.redis_nodes.join(","))
-        .env("FLASHGRAB_AMQP_URL", &s.amqp_url)
-        .env("FLASHGRAB_MYSQL_URL", &s.mysql_url)
-        .env("FLASHGRAB_KEY_PREFIX", prefix)
-        .env("FLASHGRAB_ADMIN_TOKEN", ADMIN)
-        .env("FLASHGRAB_USER_JWT_SECRET", SECRET)
-        .env("FLASHGRAB_IP_RATE", "0")
+fn spawn_logged(app: &TestApp, port: u16, log: &std::path::Path) -> ChildGuard {
+    let mut cmd = flashgrab_command(&["serve"], app, port);
+    cmd.env("FLASHGRAB_IP_RATE", "0")
         .env("FLASHGRAB_USER_RATE", "0")
         .env("FLASHGRAB_LOG_FORMAT", "json")
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .expect("the flashgrab binary starts")
+        .stderr(std::fs::File::create(log).unwrap());
+    ChildGuard::spawn(&mut cmd, "flashgrab serve")
 }
 
 /// Every node of the shared cluster must serve its slots while another
@@ -188,10 +178,10 @@ fn lines_per_message_and_second(log: &std::path::Path) -> BTreeMap<(String, Stri
 async fn one_frozen_master_stops_only_its_own_shards() {
     let _guard = STACK.lock().await;
     allow_partial_coverage().await;
-    let (prefix, db_name) = fresh_names();
     // In process: admin calls and the database only (its Redis calls would
     // share the outage); the child serves, relays and persists.
-    let app = spawn_named(1, &prefix, &db_name, false, false).await;
+    let app = spawn_app().await;
+    let prefix = app.prefix.clone();
     let mut body = campaign_body(1_000_000);
     body["shards"] = json!(12);
     let campaign = app.create_campaign(body).await["id"].as_str().unwrap().to_owned();
@@ -209,7 +199,7 @@ async fn one_frozen_master_stops_only_its_own_shards() {
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let log = std::env::temp_dir().join(format!("fg-isolation-{prefix}.log"));
-    let mut child = KillOnDrop(spawn_logged(&prefix, &db_name, port, &log));
+    let mut child = spawn_logged(&app, port, &log);
     wait_healthy(&app.client, &base).await;
     readyz_until(&app.client, &base, 30, "became ready", |s, _| s == StatusCode::OK).await;
 
@@ -228,11 +218,10 @@ async fn one_frozen_master_stops_only_its_own_shards() {
     };
     let mut tasks = side.start(&app, false, 8);
     tasks.extend(side.start(&app, true, 4));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while rows(&app, &campaign).await < 50 {
-        assert!(Instant::now() < deadline, "claims were never persisted before the outage");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until(Duration::from_secs(20), "claims persisted before the outage", || async {
+        rows(&app, &campaign).await >= 50
+    })
+    .await;
 
     // The outage.
     let thaw = Thaw(pids.clone());
@@ -325,8 +314,8 @@ async fn one_frozen_master_stops_only_its_own_shards() {
     assert!(rows_late > rows_mid + 50, "claims kept being persisted during the outage: rows {rows_mid} -> {rows_late}");
 
     assert_exactly_once(&app, &campaign, &granted).await;
-    signal(child.0.id(), "-TERM");
-    let _ = child.0.wait();
+    child.signal("-TERM");
+    let _ = child.wait_exit(Duration::from_secs(60));
 
     // Backoff and log throttling: no message more than ~once a second.
     let counts = lines_per_message_and_second(&log);
@@ -335,19 +324,17 @@ async fn one_frozen_master_stops_only_its_own_shards() {
     let _ = std::fs::remove_file(&log);
 
     // The shared cluster is whole again.
-    let deadline = Instant::now() + Duration::from_secs(30);
     let script = format!("{}/scripts/stack", env!("CARGO_MANIFEST_DIR"));
-    while !Command::new(&script).arg("status").stdout(Stdio::null()).status().unwrap().success() {
-        assert!(Instant::now() < deadline, "scripts/stack status still fails 30 s after the thaw");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    wait_until(Duration::from_secs(30), "scripts/stack status passing after the thaw", || async {
+        Command::new(&script).arg("status").stdout(Stdio::null()).status().unwrap().success()
+    })
+    .await;
     // The frozen replica may have been promoted when both woke up (the
     // survivors had marked its master failed): give the shard its master
     // back (coordinated, loses nothing).
     if !master_and_replica_roles(master).await {
         stack(&["failover", &master.to_string()]);
     }
-    app.cleanup().await;
 }
 
 // ---------------------------------------------------------------------------
@@ -433,7 +420,7 @@ async fn a_full_events_queue_does_not_hold_back_claims() {
     let _guard = STACK.lock().await;
     let (prefix, db_name) = fresh_names();
     let (conn, ch, events_q, observer) = bind_full_events_queue_and_observer(&prefix).await;
-    let app = spawn_named(1, &prefix, &db_name, true, true).await;
+    let app = TestApp::builder().named(&prefix, &db_name).pipeline().start().await;
     let campaign = big_campaign(&app).await;
 
     let burst = Burst::start(app.client.clone(), app.url(""), campaign.clone(), app.jwt.clone(), 8);
@@ -442,11 +429,13 @@ async fn a_full_events_queue_does_not_hold_back_claims() {
     assert!(granted.len() > 50, "the burst granted claims ({})", granted.len());
     assert_exactly_once(&app, &campaign, &granted).await;
 
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while app.outbox_len().await > 0 {
-        assert!(Instant::now() < deadline, "the outbox never emptied: {} entries left", app.outbox_len().await);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    support::wait::wait_for(Duration::from_secs(20), "the outbox emptied", || async {
+        match app.outbox_len().await {
+            0 => Ok(()),
+            n => Err(format!("{n} entries left")),
+        }
+    })
+    .await;
     // Settled: nothing is sent again after the outbox emptied.
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let copies = copies_sent(&ch, &observer).await;
@@ -454,11 +443,8 @@ async fn a_full_events_queue_does_not_hold_back_claims() {
     assert_eq!(copies.len() as u64, claimed, "every claim was sent");
     let max = copies.values().copied().max().unwrap_or(0);
     assert!(max <= 2, "a claim was sent {max} times to the claims exchange");
-    let m = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(
-        m.lines().any(|l| l.starts_with("flashgrab_events_failed_total ") && !l.ends_with(" 0")),
-        "the refused events are counted: {m}"
-    );
+    let m = support::metrics::scrape(&app, 0).await;
+    assert!(support::metrics::metric(&m, "flashgrab_events_failed_total") > 0.0, "the refused events are counted: {m}");
 
     // A redeem: its event waits in the redemptions table while the queue
     // refuses it (retried with backoff, not in a tight loop), and is sent
@@ -475,15 +461,13 @@ async fn a_full_events_queue_does_not_hold_back_claims() {
     let retries = app.state.metrics.errors.load(Ordering::Relaxed) - errors_before;
     assert!((1..=10).contains(&retries), "the event publisher retries with backoff ({retries} errors in 3 s)");
     ch.queue_purge(events_q.as_str().into(), Default::default()).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while unpublished().await > 0 {
-        assert!(Instant::now() < deadline, "the redeem event was never sent after the queue drained");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until(Duration::from_secs(15), "the redeem event sent after the queue drained", || async {
+        unpublished().await == 0
+    })
+    .await;
 
     for q in [&events_q, &observer] {
         let _ = ch.queue_delete(q.as_str().into(), Default::default()).await;
     }
     let _ = conn.close(200, "bye".into()).await;
-    app.cleanup().await;
 }

@@ -28,7 +28,7 @@ use flashgrab::domain::Campaign;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use super::helpers::*;
+use crate::support::app::*;
 
 /// Shape of a contested drop.
 #[derive(Debug, Clone, Copy)]

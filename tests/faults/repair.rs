@@ -56,8 +56,7 @@ impl Drop for Junk {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fast_failover_that_lost_grants_is_repaired_and_nothing_is_granted_twice() {
     let _guard = STACK.lock().await;
-    let (prefix, db_name) = fresh_names();
-    let app = spawn_named(1, &prefix, &db_name, true, true).await;
+    let app = spawn_pipeline_app().await;
     let base = app.url("");
     const STOCK: u64 = 600;
     const USERS: usize = 60;
@@ -127,5 +126,4 @@ async fn a_fast_failover_that_lost_grants_is_repaired_and_nothing_is_granted_twi
     drop(restore);
     stack(&["failover", &master.to_string()]);
     stack(&["status"]);
-    app.cleanup().await;
 }

@@ -26,13 +26,9 @@ async fn info_field(port: u16, section: &str, field: &str) -> String {
     info.lines().find_map(|l| l.trim().strip_prefix(&format!("{field}:")).map(str::to_owned)).unwrap_or_default()
 }
 
-/// Polls `cond` every 20 ms for at most `secs` seconds.
-async fn until<F: Future<Output = bool>>(secs: u64, what: &str, mut cond: impl FnMut() -> F) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
-    while !cond().await {
-        assert!(std::time::Instant::now() < deadline, "never {what} within {secs} s");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+/// [`wait_until`] for at most `secs` seconds.
+async fn until<F: Future<Output = bool>>(secs: u64, what: &str, cond: impl FnMut() -> F) {
+    wait_until(Duration::from_secs(secs), what, cond).await
 }
 
 /// The master owning the slot of the campaign's (single) shard, and the
@@ -148,13 +144,12 @@ async fn until_not_503<F: Future<Output = (StatusCode, serde_json::Value)>>(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicated_mode_answers_503_while_no_replica_acknowledges() {
     let _guard = STACK.lock().await;
-    let (prefix, db_name) = fresh_names();
-    let app = spawn_configured(1, &prefix, &db_name, |s| {
-        s.run_relay = true;
-        s.run_persist = true;
-        s.durability = flashgrab::stock::Durability::Replicated { wait: Duration::from_millis(50) };
-    })
-    .await;
+    let app = TestApp::builder()
+        .pipeline()
+        .configure(|s| s.durability = flashgrab::stock::Durability::Replicated { wait: Duration::from_millis(50) })
+        .start()
+        .await;
+    let prefix = app.prefix.clone();
     let mut body = campaign_body(10);
     body["shards"] = json!(1);
     body["per_user_limit"] = json!(2);
@@ -216,7 +211,6 @@ async fn replicated_mode_answers_503_while_no_replica_acknowledges() {
     assert!(report.matched(), "{report}");
     drop(restore);
     stack(&["status"]);
-    app.cleanup().await;
 }
 
 /// Phase C of the failover test: every user claims until it holds
@@ -249,10 +243,10 @@ async fn claim_until_sold_out(app: &TestApp, base: &str, id: &str, users: &[Stri
 async fn replicated_failover_to_a_stale_replica_sells_nothing_twice() {
     const STOCK: usize = 40;
     let _guard = STACK.lock().await;
-    let (prefix, db_name) = fresh_names();
     // In process: admin calls, stats, reconcile; serving, relaying and
     // persisting is the child.
-    let app = spawn_named(1, &prefix, &db_name, false, false).await;
+    let app = spawn_app().await;
+    let prefix = app.prefix.clone();
     let mut body = campaign_body(STOCK as u64);
     body["shards"] = json!(1);
     body["per_user_limit"] = json!(2);
@@ -265,7 +259,7 @@ async fn replicated_failover_to_a_stale_replica_sells_nothing_twice() {
         ("FLASHGRAB_IP_RATE", "0"),
         ("FLASHGRAB_USER_RATE", "0"),
     ];
-    let mut child = KillOnDrop(spawn_binary_with(&["serve"], &prefix, &db_name, port, &env));
+    let mut child = spawn_binary(&["serve"], &app, port, &env);
     wait_healthy(&app.client, &base).await;
     readyz_until(&app.client, &base, 30, "became ready", |s, _| s == StatusCode::OK).await;
 
@@ -316,16 +310,12 @@ async fn replicated_failover_to_a_stale_replica_sells_nothing_twice() {
     }
     // At rest: everything Redis holds is in MySQL (and, with the relay
     // gate, nothing else).
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let rows = loop {
+    let rows = support::wait::wait_for(Duration::from_secs(60), "Redis's grants all in MySQL", || async {
         let rows = app.state.db.campaign_coupons(&id).await.unwrap();
         let ids: HashSet<&str> = rows.iter().map(|r| r.id.as_str()).collect();
-        if in_redis.iter().all(|c| ids.contains(c.as_str())) {
-            break rows;
-        }
-        assert!(std::time::Instant::now() < deadline, "Redis's grants never all reached MySQL ({} rows)", rows.len());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+        if in_redis.iter().all(|c| ids.contains(c.as_str())) { Ok(rows) } else { Err(format!("{} rows", rows.len())) }
+    })
+    .await;
     let mut per_user: HashMap<&str, usize> = HashMap::new();
     for r in &rows {
         *per_user.entry(r.user_id.as_str()).or_default() += 1;
@@ -341,8 +331,7 @@ async fn replicated_failover_to_a_stale_replica_sells_nothing_twice() {
     let report = app.reconcile(&id, false).await;
     assert!(report.matched(), "{report}");
 
-    kill9(&mut child.0);
+    child.kill9();
     drop(restore);
     stack(&["status"]);
-    app.cleanup().await;
 }

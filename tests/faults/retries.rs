@@ -19,8 +19,8 @@ use redis::Value;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::helpers::*;
-use crate::private_cluster::PrivateCluster;
+use crate::support::app::*;
+use crate::support::cluster::PrivateCluster;
 
 /// Everything a claim can change on a shard, as plain data.
 async fn shard_state(app: &TestApp, campaign: &str) -> Vec<(String, BTreeMap<String, String>)> {
@@ -111,7 +111,6 @@ async fn a_claim_batch_run_twice_answers_the_same_and_changes_nothing() {
     let mut expected = after_first.clone();
     expected[0].1.remove("closed");
     assert_eq!(state, expected);
-    app.cleanup().await;
 }
 
 /// The same through the store in `replicated` mode (script and WAIT in one
@@ -142,7 +141,6 @@ async fn a_replicated_claim_run_twice_is_granted_once() {
     assert_eq!((st["remaining"].as_u64(), st["claimed"].as_u64()), (Some(4), Some(1)), "{st}");
     let held = app.stock.user_coupons(&c, &user).await.unwrap();
     assert_eq!(held.len(), 1, "{held:?}");
-    app.cleanup().await;
 }
 
 // ---------------------------------------------------------------------------
@@ -185,14 +183,14 @@ fn kill_connections(ports: Vec<u16>, stop: Arc<AtomicBool>) -> tokio::task::Join
 async fn a_limit_3_burst_under_connection_kills_grants_nothing_twice() {
     let cluster = PrivateCluster::start().await;
     let nodes = cluster.nodes();
-    let (prefix, db_name) = fresh_names();
-    let app = spawn_configured(1, &prefix, &db_name, |s| {
-        s.redis_nodes = nodes.clone();
-        s.run_relay = true;
-        s.run_persist = true;
-        s.redis_timeout = Duration::from_millis(1000);
-    })
-    .await;
+    let app = TestApp::builder()
+        .pipeline()
+        .configure(move |s| {
+            s.redis_nodes = nodes.clone();
+            s.redis_timeout = Duration::from_millis(1000);
+        })
+        .start()
+        .await;
     const STOCK: u64 = 1200;
     const USERS: usize = 500;
     let mut body = campaign_body(STOCK);
@@ -259,11 +257,10 @@ async fn a_limit_3_burst_under_connection_kills_grants_nothing_twice() {
 
     // At rest, in Redis (the breaker may still be open for a moment).
     let c = app.stock_campaign(&id).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while app.get_admin(&format!("/v1/campaigns/{id}/stats")).await.status() != StatusCode::OK {
-        assert!(Instant::now() < deadline, "stats never answered after the kills stopped");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    crate::support::wait::wait_until(Duration::from_secs(10), "stats answering after the kills stopped", || async {
+        app.get_admin(&format!("/v1/campaigns/{id}/stats")).await.status() == StatusCode::OK
+    })
+    .await;
     let st = app.stats(&id).await;
     let claimed = st["claimed"].as_u64().unwrap();
     assert_eq!(st["remaining"].as_u64().unwrap() + claimed, STOCK, "stock not conserved: {st}");
@@ -308,5 +305,4 @@ async fn a_limit_3_burst_under_connection_kills_grants_nothing_twice() {
     assert_eq!(rows.len() as u64, claimed);
     let report = app.reconcile(&id, false).await;
     assert!(report.matched(), "{report}");
-    app.cleanup().await;
 }

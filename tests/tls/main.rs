@@ -4,16 +4,18 @@
 //! FLASHGRAB_TEST_TLS_ENV at that file, as scripts/test does). Without it the
 //! TLS tests say so and pass; the scheme test needs no server.
 
+#[path = "../support/mod.rs"]
+mod support;
+
 use std::collections::HashMap;
 use std::time::Duration;
 
-use flashgrab::auth::JwtKeys;
 use flashgrab::config::Settings;
 use flashgrab::startup::Application;
 use serde_json::{Value, json};
 
-const ADMIN: &str = "tls-admin-token-0123456789";
-const SECRET: &str = "tls-jwt-secret-0123456789abcdef0123456789";
+use support::app::{ADMIN, SECRET, TestApp, campaign_body, fresh_names};
+use support::wait::wait_for;
 
 /// The TLS stack's variables, from the env file or the environment.
 fn tls_env() -> Option<HashMap<String, String>> {
@@ -73,65 +75,53 @@ fn load(vars: &HashMap<String, String>) -> Settings {
     Settings::load(None, |k| vars.get(k).cloned(), false).expect("TLS test settings are valid")
 }
 
-fn fresh_names() -> (String, String) {
-    let id = ulid::Ulid::new().to_string().to_lowercase();
-    (format!("t{}", &id[14..]), format!("fg_test_{id}"))
-}
-
 #[tokio::test]
 async fn claims_reach_mysql_over_tls_with_passwords_on_all_three() {
     let Some(t) = tls_env() else { return };
-    let (prefix, db) = fresh_names();
-    let settings = load(&service_env(&t, &prefix, &db));
-    assert!(settings.redis_nodes.iter().all(|n| n.starts_with("rediss://flashgrab:")));
-    assert!(settings.amqp_url.starts_with("amqps://flashgrab:"));
-    let app = Application::build(&settings).await.expect("starts against the TLS stack");
-    let base = format!("http://{}", app.local_addr());
-    let state = app.state().clone();
-    tokio::spawn(app.run_until(std::future::pending()));
-    let http = reqwest::Client::new();
+    // The TLS stack's settings, the pipeline running; the database and the
+    // queues are deleted (over TLS) when the app is dropped.
+    let app = TestApp::builder()
+        .base_settings(move |prefix, db| {
+            let settings = load(&service_env(&t, prefix, db));
+            assert!(settings.redis_nodes.iter().all(|n| n.starts_with("rediss://flashgrab:")));
+            assert!(settings.amqp_url.starts_with("amqps://flashgrab:"));
+            settings
+        })
+        .pipeline()
+        .start()
+        .await;
 
-    let ready: Value = http.get(format!("{base}/readyz")).send().await.unwrap().json().await.unwrap();
+    let ready: Value = app.client.get(app.url("/readyz")).send().await.unwrap().json().await.unwrap();
     assert_eq!(ready, json!({"redis": "ok", "rabbitmq": "ok", "mysql": "ok"}));
 
-    let now = chrono::Utc::now();
-    let body = json!({
-        "name": "tls drop", "total_stock": 3,
-        "starts_at": (now - chrono::Duration::seconds(1)).to_rfc3339(),
-        "ends_at": (now + chrono::Duration::hours(1)).to_rfc3339(),
-        "coupon": {"discount": {"type": "fixed", "amount_cents": 500}, "valid_for_days": 7}
-    });
-    let r = http.post(format!("{base}/v1/campaigns")).bearer_auth(ADMIN).json(&body).send().await.unwrap();
-    assert_eq!(r.status(), 201);
-    let id = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
-    let jwt = JwtKeys::new(SECRET.as_bytes());
+    let mut body = campaign_body(3);
+    body["name"] = json!("tls drop");
+    let id = app.create_campaign(body).await["id"].as_str().unwrap().to_owned();
     let mut statuses = Vec::new();
     for user in ["u1", "u2", "u3", "u4"] {
-        let token = jwt.sign(user, now.timestamp() + 600);
-        let r = http.post(format!("{base}/v1/campaigns/{id}/claim")).bearer_auth(token).send().await.unwrap();
-        statuses.push(r.status().as_u16());
+        statuses.push(app.claim(&id, user).await.0.as_u16());
     }
     assert_eq!(statuses, [201, 201, 201, 410], "three coupons, then sold out (410)");
 
     // Through the outbox (Redis over TLS), the broker (AMQPS) and the
     // worker into MySQL (TLS): all three rows arrive.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let persisted = loop {
+    let count = || async {
         let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM coupons WHERE campaign_id = ?")
             .bind(&id)
-            .fetch_one(state.db.pool())
+            .fetch_one(app.state.db.pool())
             .await
             .unwrap();
-        if n == 3 || tokio::time::Instant::now() > deadline {
-            break n;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        n
     };
+    let persisted = wait_for(Duration::from_secs(30), "claims persisted to MySQL over TLS", || async {
+        let n = count().await;
+        if n == 3 { Ok(n) } else { Err(format!("{n} rows")) }
+    })
+    .await;
     assert_eq!(persisted, 3, "claims persisted to MySQL over TLS");
     let tls: (String, String) =
-        sqlx::query_as("SHOW SESSION STATUS LIKE 'Ssl_version'").fetch_one(state.db.pool()).await.unwrap();
+        sqlx::query_as("SHOW SESSION STATUS LIKE 'Ssl_version'").fetch_one(app.state.db.pool()).await.unwrap();
     assert!(tls.1.starts_with("TLSv1."), "the MySQL session is TLS: {tls:?}");
-    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE `{db}`"))).execute(state.db.pool()).await.unwrap();
 }
 
 #[tokio::test]

@@ -1,21 +1,22 @@
 //! A Redis Cluster of its own for one test: redis-server processes on free
 //! ports in a temp dir, killed (after a SIGCONT, in case the test froze
-//! them) and removed when dropped, also on panic.
+//! them) and removed when dropped, also on panic. Dropping never panics
+//! (it runs while a failed test unwinds): what cannot be undone is logged.
 //!
 //! Why: some tests must count commands (INFO commandstats), freeze or
 //! stall nodes, or kill every client connection; done on the shared
 //! cluster (scripts/stack, 7000-7005) that would disturb every other test
-//! and measure their traffic too. Shared by the api, faults and front test
-//! binaries (`#[path]`), each using a part of it.
-#![allow(dead_code)]
+//! and measure their traffic too. Used by the front and faults crates.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
+use super::process::ChildGuard;
+
 pub struct PrivateCluster {
     pub ports: Vec<u16>,
-    children: Vec<Child>,
+    children: Vec<ChildGuard>,
     dir: std::path::PathBuf,
 }
 
@@ -63,16 +64,17 @@ impl PrivateCluster {
         let children = ports
             .iter()
             .map(|p| {
-                Command::new("redis-server")
-                    .args(["--port", &p.to_string(), "--bind", "127.0.0.1", "--protected-mode", "no"])
-                    .args(["--cluster-enabled", "yes", "--cluster-node-timeout", &timeout])
-                    .args(["--cluster-config-file", &format!("nodes-{p}.conf")])
-                    .args(["--save", "", "--appendonly", "no"])
-                    .arg("--dir")
-                    .arg(&dir)
-                    .stdout(Stdio::null())
-                    .spawn()
-                    .expect("redis-server starts (scripts/stack up installs it)")
+                ChildGuard::spawn(
+                    Command::new("redis-server")
+                        .args(["--port", &p.to_string(), "--bind", "127.0.0.1", "--protected-mode", "no"])
+                        .args(["--cluster-enabled", "yes", "--cluster-node-timeout", &timeout])
+                        .args(["--cluster-config-file", &format!("nodes-{p}.conf")])
+                        .args(["--save", "", "--appendonly", "no"])
+                        .arg("--dir")
+                        .arg(&dir)
+                        .stdout(Stdio::null()),
+                    "redis-server (scripts/stack up installs it)",
+                )
             })
             .collect();
         let me = Self { ports, children, dir };
@@ -130,11 +132,7 @@ impl PrivateCluster {
     /// `kill SIG` to the nodes `which` (indexes into `ports`).
     pub fn signal(&self, which: &[usize], sig: &str) {
         for i in which {
-            let ok = Command::new("kill")
-                .args([sig, &self.children[*i].id().to_string()])
-                .status()
-                .is_ok_and(|s| s.success());
-            assert!(ok, "kill {sig}");
+            self.children[*i].signal(sig);
         }
     }
 
@@ -146,11 +144,15 @@ impl PrivateCluster {
 
 impl Drop for PrivateCluster {
     fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = Command::new("kill").args(["-CONT", &c.id().to_string()]).status();
-            let _ = c.kill();
-            let _ = c.wait();
+        for c in &self.children {
+            if let Err(e) = Command::new("kill").args(["-CONT", &c.id().to_string()]).status() {
+                eprintln!("private cluster: kill -CONT {}: {e}", c.id());
+            }
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        // Each guard kills and reaps its node.
+        self.children.clear();
+        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+            eprintln!("private cluster: removing {}: {e}", self.dir.display());
+        }
     }
 }

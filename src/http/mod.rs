@@ -1,7 +1,7 @@
 //! The HTTP front end (axum on hyper; the accept loop and connection bounds
 //! are in `server`). Layer order, outermost first: request id (tower-http:
-//! a malformed `x-request-id` dropped, a missing one made, the span every
-//! log line of the request is in, the id copied to the response: see
+//! a malformed `x-request-id` dropped, a missing one made, the log context
+//! every line of the request carries, the id copied to the response: see
 //! `request_id`), metrics (every response counted by route and status), then `/v1`
 //! protection (per-address rate limit, admission bound for all but claim:
 //! see `protect`), then the 64 KiB body limit (413 before anything is
@@ -36,7 +36,6 @@ use chrono::{DateTime, SecondsFormat, Utc};
 pub use error::ApiError;
 pub use extract::parse_json;
 use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::TraceLayer;
 use utoipa::OpenApi as _;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -197,15 +196,7 @@ pub fn router(state: AppState) -> Router {
             tower::ServiceBuilder::new()
                 .map_request(request_id::drop_malformed)
                 .layer(SetRequestIdLayer::new(request_id::X_REQUEST_ID, request_id::MakeId::new()))
-                .layer(
-                    TraceLayer::new_for_http()
-                        .make_span_with(request_id::span)
-                        .on_request(())
-                        .on_response(())
-                        .on_body_chunk(())
-                        .on_eos(())
-                        .on_failure(()),
-                )
+                .layer(middleware::from_fn(request_id::in_context))
                 .layer(PropagateRequestIdLayer::new(request_id::X_REQUEST_ID)),
         )
         .with_state(state)

@@ -3,17 +3,14 @@
 //! Every response carries `x-request-id`: the client's (or its proxy's)
 //! when well-formed (1..=128 characters of `A-Z a-z 0-9 - _ . : / + =`),
 //! else one this instance makes. Every log line written while the request
-//! runs is in a `request` span holding that id and, when the request
-//! carries a valid W3C `traceparent`, its `trace_id` and parent `span_id`,
-//! so a log search joins this service's lines with the caller's trace. The
-//! span is made at INFO (lines at INFO and above carry it); no line is
-//! written per request by these layers.
+//! runs carries that id and, when the request carries a valid W3C
+//! `traceparent`, its `trace_id` and parent `span_id`, so a log search
+//! joins this service's lines with the caller's trace (how: `telemetry`,
+//! "Request context"). No line is written per request by these layers.
 //!
-//! Both are on the sold-out fast path, where a request costs ~50k
+//! Both are on the sold-out fast path, where a request costs ~48k
 //! instructions in all, so they are kept small (issue 18 asked for at most
-//! 3 %): the span holds only the fields a log search needs (the fmt layer
-//! formats every field when the span is made, for each request, logged or
-//! not; method and path were 2.5k instructions of it), and a made id is
+//! 3 %): no `tracing` span per request (see `telemetry`), and a made id is
 //! the instance's ULID with a counter in its last ten characters instead
 //! of a fresh ULID (a clock read, 80 random bits and a base-32 encoding per
 //! request: ~3k instructions). BENCHMARKS.md has the counts.
@@ -109,15 +106,20 @@ pub fn parse_traceparent(v: &str) -> Option<(&str, &str)> {
     ok.then_some((trace, parent))
 }
 
-/// The span of one request (`TraceLayer::make_span_with`).
-pub fn span(req: &axum::http::Request<axum::body::Body>) -> tracing::Span {
-    let id = req.headers().get(X_REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
-    match req.headers().get(TRACEPARENT).and_then(|v| v.to_str().ok()).and_then(parse_traceparent) {
-        Some((trace, parent)) => {
-            tracing::info_span!("request", request_id = id, trace_id = trace, parent_span_id = parent)
-        }
-        None => tracing::info_span!("request", request_id = id),
-    }
+/// Serves the request inside its log context (`telemetry::in_request`):
+/// the id `SetRequestId` put in the header, and the trace ids of a valid
+/// `traceparent`.
+pub async fn in_context(req: Request, next: axum::middleware::Next) -> axum::response::Response {
+    let Some(id) = req.headers().get(X_REQUEST_ID).cloned() else {
+        return next.run(req).await;
+    };
+    let trace = req
+        .headers()
+        .get(TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_traceparent)
+        .map(|(t, p)| (Box::from(t), Box::from(p)));
+    crate::telemetry::in_request(crate::telemetry::RequestContext { request_id: id, trace }, next.run(req)).await
 }
 
 #[cfg(test)]

@@ -33,7 +33,11 @@ pub fn render(r: &BenchResult) -> String {
     let mut facts = vec![
         format!("- command: `{}`", r.command),
         format!("- commit: {}", r.commit_line()),
-        format!("- measured: {} ({:.0} s)", r.started_at, r.elapsed_s),
+        if r.elapsed_s > 0.0 {
+            format!("- measured: {} ({:.0} s)", r.started_at, r.elapsed_s)
+        } else {
+            format!("- measured: {}", r.started_at)
+        },
         format!("- machine: {}", r.machine_line()),
     ];
     let st = &r.settings;
@@ -105,6 +109,21 @@ mod tests {
         // A label (a smoke run) is said first, in bold.
         r.label = Some("smoke run: not figures".into());
         assert!(render(&r).contains(&format!("{BEGIN}\n\n**smoke run: not figures**\n\n")));
+    }
+
+    #[test]
+    fn the_committed_current_figures_parse_and_their_ratios_fit_their_medians() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/bench/2026-11-30T050405Z.json");
+        let r = BenchResult::read(&path).unwrap();
+        let f = &r.figures;
+        let derived =
+            super::super::figures::Ratios::of(f.h.median, f.r_p16.median, f.r_p1.median, f.c.median, f.f.median);
+        assert_eq!(derived.l_p16, r.ratios.l_p16);
+        assert_eq!(derived.l_p1, r.ratios.l_p1);
+        for (a, b) in [(derived.c_over_l_p16, r.ratios.c_over_l_p16), (derived.c_over_f, r.ratios.c_over_f)] {
+            assert!((a.unwrap() - b.unwrap()).abs() < 1e-3, "{a:?} vs {b:?}");
+        }
+        assert!(render(&r).contains("| C/L (R -P16) | 0.84 |  |"));
     }
 
     #[test]

@@ -653,7 +653,8 @@ impl Bench {
         Ok(([r.p50_ms, r.p90_ms, r.p99_ms, r.p999_ms, r.max_ms, r.req_s.round()], disturbed))
     }
 
-    /// `runs` measurements of `label`, each with its run number.
+    /// `runs` measurements of `label` (`NAME (how)`), each with its run
+    /// number; a disturbed run is named `NAME run I`.
     fn series<T>(
         &mut self,
         label: &str,
@@ -663,7 +664,8 @@ impl Bench {
         let mut out = Vec::new();
         for i in 1..=runs {
             log(&format!("{label} run {i}/{runs}"));
-            out.push(self.measured(&format!("{label} run {i}"), |b| f(b, i))?);
+            let name = label.split(" (").next().unwrap_or(label);
+            out.push(self.measured(&format!("{name} run {i}"), |b| f(b, i))?);
         }
         Ok(out)
     }
@@ -940,8 +942,14 @@ fn command_line() -> String {
         {
             *first = name.to_string_lossy().into_owned();
         }
-        args.join(" ")
+        args.iter().map(|a| shell_word(a)).collect::<Vec<_>>().join(" ")
     })
+}
+
+/// `a` as a shell word: quoted when it holds anything but plain characters.
+fn shell_word(a: &str) -> String {
+    let plain = !a.is_empty() && a.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c));
+    if plain { a.to_owned() } else { format!("'{}'", a.replace('\'', "'\\''")) }
 }
 
 /// The FLASHGRAB_* settings of the environment the instance inherits
@@ -1100,6 +1108,15 @@ mod tests {
         let csv = "\"test\",\"rps\",\"avg_latency_ms\"\n\"EVALSHA abc 5 ...\",\"61142.20\",\"12.3\"\n";
         assert_eq!(parse_benchmark_csv(csv), Some(61_142.20));
         assert_eq!(parse_benchmark_csv("Error: connection refused\n"), None);
+    }
+
+    #[test]
+    fn command_words_are_quoted_when_needed() {
+        assert_eq!(shell_word("--claim-only"), "--claim-only");
+        assert_eq!(shell_word("target/bench/x"), "target/bench/x");
+        assert_eq!(shell_word("smoke run"), "'smoke run'");
+        assert_eq!(shell_word("it's"), "'it'\\''s'");
+        assert_eq!(shell_word(""), "''");
     }
 
     #[test]

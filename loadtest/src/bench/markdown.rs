@@ -41,7 +41,10 @@ pub fn render(r: &BenchResult) -> String {
         format!("- machine: {}", r.machine_line()),
     ];
     let st = &r.settings;
-    let mut how = format!("medians of {} runs of {} s", st.runs, st.secs);
+    let mut how = match st.runs {
+        1 => format!("1 run of {} s per figure", st.secs),
+        n => format!("medians of {n} runs of {} s", st.secs),
+    };
     if st.claim_only {
         how.push_str(", the instance as `serve --no-relay --no-persist` (claim path alone)");
     }

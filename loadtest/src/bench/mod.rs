@@ -932,18 +932,20 @@ fn git_commit(repo: &Path) -> (String, bool) {
     (commit, dirty)
 }
 
-/// FG_BENCH_COMMAND (scripts/bench sets it to its own command line), else
-/// this process's.
+/// This process's command line, as a shell would take it; with
+/// FG_BENCH_PROGRAM set (scripts/bench sets it to `scripts/bench`), that in
+/// place of `flashgrab-loadtest bench`.
 fn command_line() -> String {
-    std::env::var("FG_BENCH_COMMAND").unwrap_or_else(|_| {
-        let mut args: Vec<String> = std::env::args().collect();
-        if let Some(first) = args.first_mut()
-            && let Some(name) = Path::new(first).file_name()
-        {
-            *first = name.to_string_lossy().into_owned();
+    let args: Vec<String> = std::env::args().collect();
+    let (program, rest) = match std::env::var("FG_BENCH_PROGRAM") {
+        Ok(p) => (p, args.get(2..).unwrap_or_default()),
+        Err(_) => {
+            let first =
+                args.first().map(|a| Path::new(a).file_name().unwrap_or_default().to_string_lossy().into_owned());
+            (first.unwrap_or_default(), args.get(1..).unwrap_or_default())
         }
-        args.iter().map(|a| shell_word(a)).collect::<Vec<_>>().join(" ")
-    })
+    };
+    std::iter::once(program).chain(rest.iter().map(|a| shell_word(a))).collect::<Vec<_>>().join(" ")
 }
 
 /// `a` as a shell word: quoted when it holds anything but plain characters.

@@ -297,8 +297,14 @@ pub fn rows(r: &BenchResult) -> Vec<Row> {
             let stock = number(x.stock as f64, 0);
             out.push(row(
                 format!("X drop of {users} users on {stock} coupons: req/s, grants/s"),
-                format!("{}, {}", number(x.req_s, 0), number(x.grants_s, 0)),
-                format!("{} requests in {:.2} s", x.requests, x.elapsed_s),
+                format!(
+                    "{}, {} ({} requests in {:.2} s)",
+                    number(x.req_s, 0),
+                    number(x.grants_s, 0),
+                    x.requests,
+                    x.elapsed_s
+                ),
+                String::new(),
             ));
             out.push(row(
                 "X drop: last 201 / first sold_out (s)",

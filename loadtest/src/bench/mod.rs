@@ -1078,8 +1078,18 @@ pub fn run(mut a: BenchArgs) -> anyhow::Result<()> {
         out: out.clone(),
         a,
     };
-    let result = bench.run()?;
+    let result = bench.run();
+    let interrupted = bench.interrupted.load(Ordering::Relaxed);
     drop(bench);
+    // A signal to the process group also stops wrk and the instance, so the
+    // step it cut short fails on its own: that is the interruption.
+    if interrupted {
+        if let Err(e) = &result {
+            log(&format!("the step cut short: {e:#}"));
+        }
+        bail!("interrupted");
+    }
+    let result = result?;
     let path = out.join("result.json");
     result.write(&path)?;
     log(&format!("done in {:.1} s; result in {}", result.elapsed_s, path.display()));

@@ -8,7 +8,11 @@
 //! - `steady`: a fixed arrival rate for a duration (open loop).
 //! - `redeem`: claim, then redeem at checkout pace.
 //! - `tokens`: writes pre-minted user JWTs to a file, one per line, for other
-//!   load generators (the wrk run of `scripts/bench`).
+//!   load generators.
+//! - `bench`: the benchmark driver (R, H, C, F, E, D and their ratios: the
+//!   claim path against its baselines, with wrk and this harness), writing
+//!   a result JSON; `bench-markdown` renders one as BENCHMARKS.md's
+//!   "Current figures".
 //! - `export`: a drop's requests for wrk and oha (token feed, wrk script,
 //!   oha command; `scripts/compare-tools` measures them side by side).
 //!
@@ -27,6 +31,7 @@
 
 mod api;
 mod arrivals;
+mod bench;
 mod client;
 mod db;
 mod engine;
@@ -79,6 +84,24 @@ enum Command {
     /// a wrk script (closed loop or FG_RATE) and an oha command (one user:
     /// oha cannot vary a header per request).
     Export(export::ExportArgs),
+    /// The benchmark driver: R, H, C, F, E, D and the ratios in one run
+    /// against the local Redis Cluster (scripts/bench builds and runs it).
+    /// Prints a table, writes <out>/result.json. See --help.
+    #[command(long_about = bench::LONG_ABOUT)]
+    Bench(Box<bench::BenchArgs>),
+    /// The "Current figures" block of BENCHMARKS.md from a bench result
+    /// JSON (printed, or --write PAGE between its marker lines).
+    BenchMarkdown(bench::markdown::MarkdownArgs),
+}
+
+fn plain(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("flashgrab-loadtest: {e:#}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 fn on_runtime(threads: usize, f: impl Future<Output = anyhow::Result<Verdict>>) -> ExitCode {
@@ -100,18 +123,14 @@ fn on_runtime(threads: usize, f: impl Future<Output = anyhow::Result<Verdict>>) 
 
 fn main() -> ExitCode {
     match Cli::parse().command {
-        Command::Tokens(args) => match tokens::run(&args) {
+        Command::Tokens(args) => plain(tokens::run(&args)),
+        Command::Export(args) => plain(export::run(&args)),
+        Command::BenchMarkdown(args) => plain(bench::markdown::run(&args)),
+        Command::Bench(args) => match bench::run(*args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("flashgrab-loadtest: {e:#}");
-                ExitCode::from(2)
-            }
-        },
-        Command::Export(args) => match export::run(&args) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("flashgrab-loadtest: {e:#}");
-                ExitCode::from(2)
+                eprintln!("flashgrab-loadtest bench: {e:#}");
+                ExitCode::from(if e.to_string() == "interrupted" { 130 } else { 1 })
             }
         },
         Command::Drop(a) => on_runtime(a.common.threads, scenario::drop(a)),

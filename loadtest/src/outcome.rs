@@ -109,7 +109,8 @@ impl Outcome {
         }
     }
 
-    /// Row label of the summary table (scripts/bench greps `^201 granted`).
+    /// Row label of the summary table and of the JSON report (`bench` finds
+    /// the 201s' latency by it).
     pub fn label(self) -> &'static str {
         match self {
             Self::Granted => "201 granted",

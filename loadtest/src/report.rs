@@ -328,7 +328,6 @@ fn opt_s(v: Option<f64>) -> String {
 
 pub fn print_summary(r: &Report) {
     println!();
-    // scripts/bench reads "= N req/s" from this line and the "201 granted" row.
     println!(
         "{} {}: {} requests in {:.2} s = {:.0} req/s ({:.0} grants/s), {} workers, {}",
         r.scenario,

@@ -1,5 +1,5 @@
 //! Pre-minted user JWTs, for the drop itself and for other load generators
-//! (`scripts/bench` feeds them to wrk). Signing is done before any load so
+//! (`flashgrab-loadtest bench` feeds them to wrk). Signing is done before any load so
 //! that its cost never shows in a measurement.
 
 use std::io::Write;
@@ -41,22 +41,28 @@ pub fn mint(secret: &str, user_ids: &[String], exp: i64) -> Vec<String> {
 }
 
 pub fn run(a: &TokensArgs) -> anyhow::Result<()> {
+    write(&a.jwt_secret, a.count, &a.user_prefix, a.ttl, &a.out)
+}
+
+/// Writes `count` tokens (users `<prefix>0..`), valid for `ttl` seconds, to
+/// `out`, one per line.
+pub fn write(secret: &str, count: u32, prefix: &str, ttl: i64, out: &std::path::Path) -> anyhow::Result<()> {
     let started = Instant::now();
-    let exp = chrono::Utc::now().timestamp() + a.ttl;
-    let keys = JwtKeys::new(a.jwt_secret.as_bytes());
-    let file = std::fs::File::create(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let exp = chrono::Utc::now().timestamp() + ttl;
+    let keys = JwtKeys::new(secret.as_bytes());
+    let file = std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
     let mut w = std::io::BufWriter::new(file);
-    for i in 0..a.count {
-        writeln!(w, "{}", keys.sign(&user_id(&a.user_prefix, i), exp))?;
+    for i in 0..count {
+        writeln!(w, "{}", keys.sign(&user_id(prefix, i), exp))?;
     }
     w.flush()?;
     eprintln!(
         "wrote {} tokens ({}0..{}{}) to {} in {:.2} s",
-        a.count,
-        a.user_prefix,
-        a.user_prefix,
-        a.count.saturating_sub(1),
-        a.out.display(),
+        count,
+        prefix,
+        prefix,
+        count.saturating_sub(1),
+        out.display(),
         started.elapsed().as_secs_f64()
     );
     Ok(())

@@ -5,7 +5,8 @@
 //! every pre-minted token is a distinct user), no rate limits, no metrics,
 //! no campaign lookup, no batching, no sold-out memory.
 //!
-//! Why it exists: `scripts/bench` runs it next to flashgrab in the same run,
+//! Why it exists: the benchmark driver (`flashgrab-loadtest bench`, run by
+//! `scripts/bench`) runs it next to flashgrab in the same run,
 //! with the same wrk script and the same Redis Cluster, so that "what does
 //! the bare minimum of this shape reach on this machine" is a measured
 //! figure (F, and F/L), not a guess. It is a measuring tool, not a product:
@@ -38,7 +39,7 @@ use redis::cluster_async::ClusterConnection;
 
 /// The naive claim server (axum + one cluster-async EVALSHA of
 /// lua/claim.lua per request): the floor flashgrab's claim path is compared
-/// with in scripts/bench. Serves POST /v1/campaigns/{id}/claim (the id is
+/// with in `flashgrab-loadtest bench`. Serves POST /v1/campaigns/{id}/claim (the id is
 /// ignored; a Bearer token's signature is the user id) and GET /healthz.
 #[derive(Parser)]
 #[command(version)]

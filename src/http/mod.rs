@@ -1,8 +1,8 @@
 //! The HTTP front end (axum on hyper; the accept loop and connection bounds
-//! are in `server`). Layer order, outermost first: request id (tower-http:
-//! a malformed `x-request-id` dropped, a missing one made, the log context
-//! every line of the request carries, the id copied to the response: see
-//! `request_id`), metrics (every response counted by route and status), then `/v1`
+//! are in `server`). Before the router, the accept loop gives each request its
+//! id (a malformed `x-request-id` replaced, a missing one made), the log
+//! context every line of the request carries, and the id on the response
+//! (see `request_id`). Layer order, outermost first: metrics (every response counted by route and status), then `/v1`
 //! protection (per-address rate limit, admission bound for all but claim:
 //! see `protect`), then the 64 KiB body limit (413 before anything is
 //! read), then routing; auth and the per-user rate limit are done by
@@ -35,7 +35,6 @@ use chrono::{DateTime, SecondsFormat, Utc};
 
 pub use error::ApiError;
 pub use extract::parse_json;
-use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 use utoipa::OpenApi as _;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -192,13 +191,6 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn(refuse_large_bodies))
         .layer(middleware::from_fn_with_state(state.clone(), protect::guard))
         .layer(middleware::from_fn_with_state(state.clone(), metrics::record))
-        .layer(
-            tower::ServiceBuilder::new()
-                .map_request(request_id::drop_malformed)
-                .layer(SetRequestIdLayer::new(request_id::X_REQUEST_ID, request_id::MakeId::new()))
-                .layer(middleware::from_fn(request_id::in_context))
-                .layer(PropagateRequestIdLayer::new(request_id::X_REQUEST_ID)),
-        )
         .with_state(state)
 }
 

@@ -1,4 +1,4 @@
-//! Request ids and trace context, with tower-http's layers.
+//! Request ids and trace context, done per request by the accept loop.
 //!
 //! Every response carries `x-request-id`: the client's (or its proxy's)
 //! when well-formed (1..=128 characters of `A-Z a-z 0-9 - _ . : / + =`),
@@ -8,19 +8,25 @@
 //! joins this service's lines with the caller's trace (how: `telemetry`,
 //! "Request context"). No line is written per request by these layers.
 //!
-//! Both are on the sold-out fast path, where a request costs ~48k
-//! instructions in all, so they are kept small (issue 18 asked for at most
-//! 3 %): no `tracing` span per request (see `telemetry`), and a made id is
-//! the instance's ULID with a counter in its last ten characters instead
-//! of a fresh ULID (a clock read, 80 random bits and a base-32 encoding per
-//! request: ~3k instructions). BENCHMARKS.md has the counts.
+//! It is on the sold-out fast path, where a request costs ~48k
+//! instructions in all, so it is kept small (issue 18 asked for at most
+//! 3 %), and that is why it is written here and done by the accept loop
+//! (`server`), not made of tower-http's layers: `SetRequestId` +
+//! `PropagateRequestId` + `TraceLayer` (and a `map_request` dropping a
+//! malformed id) cost 11k instructions per request, 23 %; without the span
+//! still 7.6k, 16 % (the id written into the request's headers and
+//! extensions, read back for the response, each layer's future); one
+//! hand-written layer still 3k, 6 %, half of it axum's boxing of a layer
+//! added to a `Router`. Counts in BENCHMARKS.md. Here the id is read once,
+//! kept in the log context (no `tracing` span per request: see
+//! `telemetry`) and written on the response by the accept loop. A made id is the instance's ULID with a counter in its
+//! last ten characters instead of a fresh ULID (a clock read, 80 random
+//! bits and a base-32 encoding per request: ~3k instructions).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use axum::extract::Request;
 use axum::http::{HeaderName, HeaderValue};
-use tower_http::request_id::{MakeRequestId, RequestId};
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
@@ -65,9 +71,10 @@ impl Default for MakeId {
     }
 }
 
-impl MakeRequestId for MakeId {
-    fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
-        HeaderValue::from_bytes(&self.make()).ok().map(RequestId::new)
+impl MakeId {
+    /// A fresh id as a header value.
+    pub fn header(&self) -> HeaderValue {
+        HeaderValue::from_bytes(&self.make()).expect("base-32 digits are a valid header value")
     }
 }
 
@@ -77,14 +84,6 @@ pub fn well_formed(v: &HeaderValue) -> bool {
     let b = v.as_bytes();
     (1..=128).contains(&b.len())
         && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':' | b'/' | b'+' | b'='))
-}
-
-/// Drops a malformed `x-request-id` so that `SetRequestId` makes one.
-pub fn drop_malformed(mut req: Request) -> Request {
-    if req.headers().get(X_REQUEST_ID).is_some_and(|v| !well_formed(v)) {
-        req.headers_mut().remove(X_REQUEST_ID);
-    }
-    req
 }
 
 /// `(trace_id, parent span id)` of a version-00 W3C `traceparent`
@@ -106,20 +105,30 @@ pub fn parse_traceparent(v: &str) -> Option<(&str, &str)> {
     ok.then_some((trace, parent))
 }
 
-/// Serves the request inside its log context (`telemetry::in_request`):
-/// the id `SetRequestId` put in the header, and the trace ids of a valid
-/// `traceparent`.
-pub async fn in_context(req: Request, next: axum::middleware::Next) -> axum::response::Response {
-    let Some(id) = req.headers().get(X_REQUEST_ID).cloned() else {
-        return next.run(req).await;
-    };
-    let trace = req
-        .headers()
-        .get(TRACEPARENT)
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse_traceparent)
-        .map(|(t, p)| (Box::from(t), Box::from(p)));
-    crate::telemetry::in_request(crate::telemetry::RequestContext { request_id: id, trace }, next.run(req)).await
+/// The front door's request ids: `server` asks [`RequestIds::begin`] for
+/// each request's id and log context before handing it to the router, and
+/// puts the id on the response.
+#[derive(Clone, Default)]
+pub struct RequestIds {
+    make: MakeId,
+}
+
+impl RequestIds {
+    /// The request's id (its own when well-formed, else a made one) and
+    /// the log context to serve it in.
+    pub fn begin<B>(&self, req: &axum::http::Request<B>) -> (HeaderValue, crate::telemetry::RequestContext) {
+        let id = match req.headers().get(X_REQUEST_ID) {
+            Some(v) if well_formed(v) => v.clone(),
+            _ => self.make.header(),
+        };
+        let trace = req
+            .headers()
+            .get(TRACEPARENT)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_traceparent)
+            .map(|(t, p)| (Box::from(t), Box::from(p)));
+        (id.clone(), crate::telemetry::RequestContext { request_id: id, trace })
+    }
 }
 
 #[cfg(test)]

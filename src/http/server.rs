@@ -22,6 +22,9 @@
 //! started, answered); a watchdog task per connection sleeps until the
 //! phase's deadline and closes the connection if the phase has not moved.
 //! Counters are in `/metrics` (`flashgrab_http_connections*`).
+//!
+//! Each request also gets its id and log context here, before the router
+//! (`request_id`: cheaper than a layer of the router).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -40,6 +43,7 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use crate::config::FrontSettings;
+use crate::http::request_id::{RequestIds, X_REQUEST_ID};
 
 /// What the front door did with connections, for `/metrics`.
 #[derive(Debug, Default)]
@@ -202,6 +206,7 @@ pub async fn serve(
     stop: CancellationToken,
 ) -> std::io::Result<()> {
     let epoch = Instant::now();
+    let ids = RequestIds::default();
     let registry = Arc::new(Mutex::new(Registry::default()));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -246,13 +251,18 @@ pub async fn serve(
         stats.open.fetch_add(1, Ordering::Relaxed);
 
         let service = {
-            let (app, activity) = (app.clone(), activity.clone());
+            let (app, activity, ids) = (app.clone(), activity.clone(), ids.clone());
             hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
                 activity.set(Phase::Busy);
                 req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
+                let (id, context) = ids.begin(&req);
                 let (app, activity) = (app.clone(), activity.clone());
                 async move {
-                    let resp = app.oneshot(req.map(axum::body::Body::new)).await;
+                    let served = app.oneshot(req.map(axum::body::Body::new));
+                    let mut resp = crate::telemetry::in_request(context, served).await;
+                    if let Ok(r) = &mut resp {
+                        r.headers_mut().insert(X_REQUEST_ID, id);
+                    }
                     activity.set(Phase::Idle);
                     resp
                 }

@@ -72,7 +72,10 @@ pub struct AppInner {
     /// (`FLASHGRAB_TRUSTED_PROXY_HEADER`); `None`: the peer address.
     pub trusted_proxy_header: Option<String>,
     /// Responses by route and status, claim outcomes and latency.
-    pub http_metrics: metrics::HttpMetrics,
+    pub http_metrics: Arc<crate::metrics::HttpMetrics>,
+    /// What `/metrics` exposes of this instance (`crate::metrics`): its own
+    /// registry, no global one.
+    pub registry: crate::metrics::Registry,
     /// What the front door did with connections (`server`).
     pub connections: Arc<server::ConnectionStats>,
 }

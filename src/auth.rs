@@ -13,8 +13,10 @@
 //!   more.
 //!
 //! Hand-rolled on `hmac` + `sha2` rather than a JWT crate: it is 100 lines,
-//! costs about a microsecond per claim on the hot path, and has exactly one
-//! algorithm to get right.
+//! has exactly one algorithm to get right, and verifies a token 2-2.8x
+//! faster than `jsonwebtoken::decode` on the same token (`benches/jwt.rs`,
+//! BENCHMARKS.md). Interop is checked against tokens made by jsonwebtoken
+//! and PyJWT, and tampered ones (`tests/jwt`).
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;

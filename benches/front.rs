@@ -16,7 +16,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use flashgrab::auth::JwtKeys;
 use flashgrab::config::{ProtectSettings, Rate};
 use flashgrab::domain::UserId;
-use flashgrab::http::metrics::{ClaimLabel, HttpMetrics};
+use flashgrab::metrics::{ClaimLabel, HttpMetrics};
 use flashgrab::protect::Protection;
 
 const SECRET: &[u8] = b"bench-secret-0123456789abcdef0123456789";

@@ -13,8 +13,10 @@ use crate::auth::JwtKeys;
 use crate::config::Settings;
 use crate::db::Db;
 use crate::health::AmqpProbe;
+use crate::http::server::ConnectionStats;
 use crate::http::{AppInner, AppState, router};
-use crate::metrics::PipelineMetrics;
+use crate::metrics::http::FrontCollector;
+use crate::metrics::{HttpMetrics, PipelineMetrics};
 use crate::outbox::events::EventPublisher;
 use crate::outbox::relay::Relay;
 use crate::outbox::stream::OutboxStreams;
@@ -141,6 +143,15 @@ impl Application {
         let coupons = CouponService::new(campaigns.clone(), claims.clone(), db.clone(), wake_events);
         let reports = ReportService::new(campaigns.clone(), db.clone());
         let live = LiveHub::new(campaigns.clone(), stock.clone(), CancellationToken::new());
+        let http_metrics = Arc::new(HttpMetrics::default());
+        let connections = Arc::new(ConnectionStats::default());
+        let front = FrontCollector {
+            http: http_metrics.clone(),
+            connections: connections.clone(),
+            protection: protection.clone(),
+            stock: stock.clone(),
+        };
+        let registry = crate::metrics::instance_registry(front, metrics.clone());
         let state = AppState::new(AppInner {
             campaigns,
             claims,
@@ -157,8 +168,9 @@ impl Application {
             metrics,
             protection,
             trusted_proxy_header: settings.protect.trusted_proxy_header.clone(),
-            http_metrics: Default::default(),
-            connections: Default::default(),
+            http_metrics,
+            registry,
+            connections,
         });
         let listener = TcpListener::bind(settings.listen)
             .await

@@ -375,7 +375,7 @@ pub struct Campaign {
     pub created_at: DateTime<Utc>,
     /// This instance's claims of the campaign by outcome (metrics only; not
     /// part of the terms: see [`ClaimTally`]).
-    pub tally: std::sync::Arc<crate::metrics::ClaimTally>,
+    pub tally: std::sync::Arc<crate::domain::tally::ClaimTally>,
 }
 
 impl Campaign {

@@ -7,6 +7,7 @@ pub mod change;
 pub mod coupon;
 pub mod ids;
 pub mod order;
+pub mod tally;
 
 pub use campaign::{Campaign, CampaignStatus, CouponTerms, Discount, NewCampaign, ValidationError};
 pub use coupon::CouponRecord;

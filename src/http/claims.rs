@@ -13,10 +13,10 @@ use utoipa::ToSchema;
 
 use super::error::{ErrorBody, Refusals};
 use super::extract::{User, authenticate, idempotency_key};
-use super::metrics::ClaimLabel;
 use super::{ApiError, AppState, rfc3339};
 use crate::domain::campaign::{AppliesTo, Discount};
 use crate::domain::{CampaignId, CouponId};
+use crate::metrics::ClaimLabel;
 use crate::service::ClaimResult;
 use crate::service::claims::{CouponStatus, CouponView, CouponsQuery as PageQuery, PAGE_DEFAULT, PAGE_MAX};
 

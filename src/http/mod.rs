@@ -72,7 +72,10 @@ pub struct AppInner {
     /// (`FLASHGRAB_TRUSTED_PROXY_HEADER`); `None`: the peer address.
     pub trusted_proxy_header: Option<String>,
     /// Responses by route and status, claim outcomes and latency.
-    pub http_metrics: metrics::HttpMetrics,
+    pub http_metrics: Arc<crate::metrics::HttpMetrics>,
+    /// What `/metrics` exposes of this instance (`crate::metrics`): its own
+    /// registry, no global one.
+    pub registry: crate::metrics::Registry,
     /// What the front door did with connections (`server`).
     pub connections: Arc<server::ConnectionStats>,
 }
@@ -90,35 +93,13 @@ impl AppState {
     }
 }
 
-/// RFC 3339 in UTC with millisecond precision and a `Z`.
+/// RFC 3339 in UTC with millisecond precision and a `Z`
+/// (`2026-12-01T23:17:41.351Z`), the one timestamp format of the API.
 ///
-/// Written digit by digit: every 201 carries three of these, and chrono's
-/// formatter goes through the `fmt` machinery for each (less work per
-/// claim; no throughput change beyond the spread was measurable,
-/// BENCHMARKS.md). Years outside 0..=9999 (never a coupon's) go through
-/// chrono.
+/// chrono's own formatter: a digit-by-digit writer (every 201 carries three
+/// of these) gained nothing measurable (BENCHMARKS.md), so it was dropped.
 pub fn rfc3339(t: DateTime<Utc>) -> String {
-    use chrono::{Datelike, Timelike};
-    let year = t.year();
-    if !(0..=9999).contains(&year) {
-        return t.to_rfc3339_opts(SecondsFormat::Millis, true);
-    }
-    let millis = t.timestamp_subsec_millis().min(999);
-    let mut b = *b"0000-00-00T00:00:00.000Z";
-    let mut put = |at: usize, width: usize, mut v: u32| {
-        for i in (at..at + width).rev() {
-            b[i] = b'0' + (v % 10) as u8;
-            v /= 10;
-        }
-    };
-    put(0, 4, year as u32);
-    put(5, 2, t.month());
-    put(8, 2, t.day());
-    put(11, 2, t.hour());
-    put(14, 2, t.minute());
-    put(17, 2, t.second().min(59));
-    put(20, 3, millis);
-    b.iter().map(|&c| char::from(c)).collect()
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
 /// Refuses a body over the limit before routing, so that even routes that
@@ -198,7 +179,7 @@ pub fn router(state: AppState) -> Router {
 mod tests {
     use std::collections::BTreeSet;
 
-    use chrono::{SecondsFormat, TimeZone, Utc};
+    use chrono::{TimeZone, Utc};
 
     /// Method and path of every route of `routes()`, read from the
     /// router's `Debug` text: axum lists its routes nowhere else. The
@@ -255,22 +236,9 @@ mod tests {
     }
 
     #[test]
-    fn rfc3339_matches_chrono_to_the_millisecond() {
-        let chrono = |t: chrono::DateTime<Utc>| t.to_rfc3339_opts(SecondsFormat::Millis, true);
-        let mut times = vec![
-            Utc.timestamp_millis_opt(0).unwrap(),
-            Utc.timestamp_millis_opt(1_796_012_511_351).unwrap(),
-            Utc.timestamp_millis_opt(1_796_012_511_009).unwrap(),
-            Utc.with_ymd_and_hms(9999, 12, 31, 23, 59, 59).unwrap(),
-            Utc.with_ymd_and_hms(2024, 2, 29, 0, 0, 0).unwrap(),
-            Utc.with_ymd_and_hms(10_000, 1, 1, 0, 0, 0).unwrap(),
-            Utc.with_ymd_and_hms(-1, 1, 1, 0, 0, 0).unwrap(),
-        ];
-        // Sub-millisecond parts are cut, as chrono does.
-        times.push(Utc.timestamp_nanos(1_796_012_511_351_999_999));
-        times.extend((0..2000).map(|i| Utc.timestamp_millis_opt(i * 987_654_321_123 % 253_402_300_799_000).unwrap()));
-        for t in times {
-            assert_eq!(super::rfc3339(t), chrono(t), "{t:?}");
-        }
+    fn rfc3339_is_utc_to_the_millisecond_with_a_z() {
+        assert_eq!(super::rfc3339(Utc.timestamp_millis_opt(0).unwrap()), "1970-01-01T00:00:00.000Z");
+        // Sub-millisecond parts are cut, not rounded.
+        assert_eq!(super::rfc3339(Utc.timestamp_nanos(1_796_012_511_009_999_999)), "2026-11-30T04:21:51.009Z");
     }
 }

@@ -44,20 +44,7 @@ use tower::ServiceExt;
 
 use crate::config::FrontSettings;
 use crate::http::request_id::{RequestIds, X_REQUEST_ID};
-
-/// What the front door did with connections, for `/metrics`.
-#[derive(Debug, Default)]
-pub struct ConnectionStats {
-    pub accepted: AtomicU64,
-    /// Answered 503 at the limit (every open connection busy).
-    pub refused: AtomicU64,
-    /// Closed at the limit to make room (they were waiting or idle).
-    pub evicted: AtomicU64,
-    pub header_timeouts: AtomicU64,
-    pub idle_timeouts: AtomicU64,
-    /// Open right now.
-    pub open: AtomicU64,
-}
+pub use crate::metrics::http::ConnectionStats;
 
 /// The phase of one connection, packed: the top two bits say which, the
 /// rest milliseconds since the server's epoch when it began.
